@@ -1,0 +1,97 @@
+"""The command line: output, exit codes, and one-line errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+from conftest import METADATA, NIH, REPO
+
+SPLITS = [NIH / "train-small.csv", NIH / "valid-small.csv", NIH / "test.csv"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], capture_output=True, text=True, cwd=REPO)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    for word in words:
+        assert word in result.stderr
+
+
+def test_stats_json_on_full_metadata():
+    result = run("stats", "--labels", METADATA, "--json")
+    assert result.returncode == 0
+    summary = json.loads(result.stdout)
+    assert (summary["n_images"], summary["n_patients"]) == (112_120, 30_805)
+
+
+def test_stats_table():
+    result = run("stats", "--labels", NIH / "sample_labels.csv")
+    assert result.returncode == 0
+    assert "images: 549" in result.stdout and "Infiltration" in result.stdout
+
+
+def test_leakage_clean_exit_0_one_line():
+    result = run("leakage", *SPLITS)
+    assert result.returncode == 0
+    assert result.stdout.strip().splitlines() == ["no leakage: 3 files, 3 pairs, no patient in more than one file"]
+
+
+def test_leakage_found_exit_1_with_table(tmp_path):
+    leaky = tmp_path / "leaky.csv"
+    pd.read_csv(SPLITS[0]).head(7).to_csv(leaky, index=False)
+    result = run("leakage", SPLITS[0], SPLITS[2], leaky, "--json")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    leaking = [pair for pair in report["pairs"] if pair["leakage"]]
+    assert len(leaking) == 1 and leaking[0]["n_patients"] == 7
+    table = run("leakage", SPLITS[0], leaky)
+    assert table.returncode == 1 and "LEAKAGE" in table.stdout and "7" in table.stdout
+
+
+def test_leakage_on_full_metadata_against_official_test_list(tmp_path):
+    test_names = pd.read_csv(NIH / "metadata" / "test_list.txt.gz", header=None)[0]
+    full = pd.read_csv(METADATA)
+    test = tmp_path / "official_test.csv"
+    full[full["Image Index"].isin(test_names)].to_csv(test, index=False)
+    result = run("leakage", METADATA, test)
+    assert result.returncode == 1  # the full table contains the test patients, of course
+    assert "2797" in result.stdout.replace(",", "")
+
+
+def test_split_writes_three_disjoint_course_files(tmp_path):
+    result = run("split", "--labels", NIH / "sample_labels.csv", "--out", tmp_path, "--seed", "0")
+    assert result.returncode == 0, result.stderr
+    files = [tmp_path / name for name in ("train.csv", "valid.csv", "test.csv")]
+    assert run("leakage", *files).returncode == 0
+    assert sum(len(pd.read_csv(f)) for f in files) == 549
+
+
+def test_split_reproduces_the_committed_files(tmp_path):
+    # nih/README.md documents this command; it must still make the committed files
+    names = ["train-small.csv", "valid-small.csv", "test.csv"]
+    result = run("split", "--labels", NIH / "sample_labels.csv", "--out", tmp_path, "--valid", "0.1", "--test", "0.1",
+                 "--seed", "0", "--names", *names)
+    assert result.returncode == 0, result.stderr
+    for name in names:
+        assert (tmp_path / name).read_text() == (NIH / name).read_text()
+
+
+def test_audit_text():
+    result = run("audit")
+    assert result.returncode == 0
+    assert "patient-disjoint" in result.stdout and "86,524" in result.stdout
+
+
+def test_errors_are_one_line(tmp_path):
+    assert_one_line_error(run("stats", "--labels", tmp_path / "nope.csv"), "nope.csv", "not found")
+    bad = tmp_path / "bad.csv"
+    pd.read_csv(SPLITS[1]).drop(columns="PatientId").to_csv(bad, index=False)
+    assert_one_line_error(run("leakage", SPLITS[0], bad), "bad.csv", "PatientId")
+    assert_one_line_error(run("split", "--labels", SPLITS[1], "--out", tmp_path, "--valid", "0.9"), "shares")

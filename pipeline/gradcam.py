@@ -1,0 +1,107 @@
+"""Grad-CAM heatmaps of all 14 findings from one forward pass, and their overlay on the X-ray.
+
+The head is global average pooling then a dense layer, so the logit of finding ``k`` is
+``z_k = sum_c w_ck * mean_ij A_ijc + b_k`` and its gradient with respect to the feature maps ``A`` of
+``relu`` is the constant ``w_ck / (h*w)``. Grad-CAM's channel weights (the spatial mean of that gradient)
+are therefore ``w_ck / (h*w)``, and ``ReLU(sum_c w_ck * A_c)`` (the class activation map) equals Grad-CAM
+up to a positive factor. Differentiating the sigmoid probability instead of the logit multiplies the
+gradient by ``p_k * (1 - p_k) > 0``, another positive per-class factor. Each map is normalised to
+[0, 1], which removes these factors, so one forward pass that returns ``A`` and the probabilities gives
+all 14 maps. `gradcam_tape` is the generic GradientTape version, kept as the reference.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import cv2
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipeline import imaging
+from pipeline.errors import InputError
+from pipeline.model import CAM_LAYER, PREDICTIONS, inference_function, input_size
+
+# model -> {layer name: traced tape function}; traced for the reason in `pipeline.model.inference_function`.
+_TAPES: weakref.WeakKeyDictionary[keras.Model, dict[str, Callable[..., Any]]] = weakref.WeakKeyDictionary()
+
+
+def heatmaps(model: keras.Model, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities ``[n_findings]`` and heatmaps ``[n_findings, H, W]`` in [0, 1] at the image's own size.
+
+    ``image`` is an H x W grayscale array (as from `pipeline.imaging.load_image`); it is resized to the
+    model input, and the maps are resized back to H x W.
+    """
+    image = np.asarray(image)
+    features, probabilities = inference_function(model)(_model_input(model, image))
+    kernel = keras.ops.convert_to_numpy(model.get_layer(PREDICTIONS).kernel)  # channels x findings
+    cams = np.maximum(features.numpy()[0] @ kernel, 0.0)  # h x w x findings
+    maps = np.stack([_to_heatmap(cam, image.shape) for cam in np.moveaxis(cams, -1, 0)])
+    return probabilities.numpy()[0], maps
+
+
+def gradcam_tape(model: keras.Model, image: np.ndarray, class_index: int, layer_name: str = CAM_LAYER) -> np.ndarray:
+    """Generic Grad-CAM of one finding (gradient of its probability), H x W in [0, 1]: the reference."""
+    image = np.asarray(image)
+    features, gradients = _tape_function(model, layer_name)(_model_input(model, image), tf.constant(class_index))
+    channel_weights = tf.reduce_mean(gradients, axis=(1, 2))  # 1 x channels
+    cam = tf.nn.relu(tf.einsum("bijc,bc->bij", features, channel_weights))[0]
+    return _to_heatmap(cam.numpy(), image.shape)
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, opacity: float = 0.4) -> np.ndarray:
+    """The image in RGB with the heatmap blended on top in the JET colormap (red = high).
+
+    ``image`` is H x W gray or H x W x 3 RGB uint8; ``heatmap`` in [0, 1] is resized to H x W if needed.
+    ``opacity`` 0 returns the image, 1 the colormap alone.
+    """
+    if not 0.0 <= opacity <= 1.0:
+        raise InputError(f"overlay opacity must be between 0 and 1, got {opacity}")
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+        raise ValueError(f"overlay needs an H x W or H x W x 3 uint8 image, got {image.dtype} {image.shape}")
+    rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB) if image.ndim == 2 else image
+    height, width = image.shape[:2]
+    heatmap = np.asarray(heatmap, dtype=np.float32)
+    if heatmap.shape != (height, width):
+        heatmap = cv2.resize(heatmap, (width, height), interpolation=cv2.INTER_LINEAR)
+    levels = np.round(np.clip(heatmap, 0.0, 1.0) * 255).astype(np.uint8)
+    colors = cv2.cvtColor(cv2.applyColorMap(levels, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    blended = (1.0 - opacity) * rgb.astype(np.float32) + opacity * colors.astype(np.float32)
+    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+
+
+def _model_input(model: keras.Model, image: np.ndarray) -> np.ndarray:
+    if image.ndim != 2:
+        raise ValueError(f"expected an H x W grayscale image, got shape {image.shape}")
+    resized = imaging.resize(image, input_size(model))
+    return resized[np.newaxis, :, :, np.newaxis].astype(np.float32)
+
+
+def _tape_function(model: keras.Model, layer_name: str) -> Callable[..., Any]:
+    """A cached, traced ``f(x, class_index) -> (features, d probability / d features)`` of one layer."""
+    functions = _TAPES.setdefault(model, {})
+    if layer_name not in functions:
+        submodel = keras.Model(model.input, [model.get_layer(layer_name).output, model.get_layer(PREDICTIONS).output])
+        specs = [tf.TensorSpec((None, *model.input_shape[1:]), tf.float32), tf.TensorSpec((), tf.int32)]
+
+        @tf.function(input_signature=specs)
+        def features_and_gradients(x, class_index):
+            with tf.GradientTape() as tape:
+                features, probabilities = submodel(x, training=False)
+                score = probabilities[:, class_index]
+            return features, tape.gradient(score, features)
+
+        functions[layer_name] = features_and_gradients
+    return functions[layer_name]
+
+
+def _to_heatmap(cam: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Resize a coarse map to ``shape[:2]`` and scale it to [0, 1]; an all-zero map stays zero."""
+    height, width = shape[:2]
+    cam = cv2.resize(cam.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    peak = float(cam.max())
+    return np.clip(cam / peak, 0.0, 1.0) if peak > 0 else np.zeros((height, width), np.float32)

@@ -1,0 +1,370 @@
+"""`python -m pipeline evaluate` and `compare` on the real NIH test split, with predictions written here."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import IMAGES, NIH, REPO
+from sklearn import metrics as sk
+
+from pipeline import evaluate, metrics
+from pipeline.cli import main
+from pipeline.errors import InputError
+from pipeline.findings import FINDINGS
+
+TEST_LABELS = NIH / "test.csv"  # 55 images, every finding with at least one positive (Edema: exactly one)
+VALID_LABELS = NIH / "valid-small.csv"
+FILES = {"predictions.csv", "labels.csv", "metrics.json", "roc.csv", "pr.csv", "calibration.csv"}
+
+
+def write_predictions(labels_csv, path, seed=0, signal=0.3):
+    """Probabilities that lean towards the labels, rounded to 2 decimals so that ties occur."""
+    labels = pd.read_csv(labels_csv)
+    rng = np.random.default_rng(seed)
+    y = labels[list(FINDINGS)].to_numpy()
+    table = pd.DataFrame(np.round(np.clip(signal * y + rng.random(y.shape) * (1 - signal), 0, 1), 2), columns=FINDINGS)
+    table.insert(0, "Image", labels["Image"])
+    table.to_csv(path, index=False)
+    return path
+
+
+def strict_json(path):
+    """metrics.json must be standard JSON: NaN or Infinity would fail here."""
+    return json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in {path}"))
+
+
+def run_main(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *words):
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+    for word in words:
+        assert word in err, err
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """An evaluation of the test split with default thresholds; returns (folder, predictions CSV)."""
+    root = tmp_path_factory.mktemp("eval")
+    predictions = write_predictions(TEST_LABELS, root / "preds.csv")
+    out = root / "eval-a"
+    argv = ["evaluate", "--predictions", predictions, "--labels", TEST_LABELS, "--out", out, "--bootstrap", "300"]
+    assert main([str(a) for a in argv]) == 0
+    return out, predictions
+
+
+@pytest.fixture(scope="module")
+def second(tmp_path_factory):
+    """A weaker model's evaluation of the same images."""
+    root = tmp_path_factory.mktemp("eval")
+    predictions = write_predictions(TEST_LABELS, root / "preds.csv", seed=1, signal=0.1)
+    out = root / "eval-b"
+    argv = ["evaluate", "--predictions", predictions, "--labels", TEST_LABELS, "--out", out, "--bootstrap", "50"]
+    assert main([str(a) for a in argv]) == 0
+    return out
+
+
+# --- evaluate --------------------------------------------------------------------------------------------------
+
+
+def test_evaluate_writes_every_file_and_the_metrics_match_sklearn(evaluated):
+    out, predictions_csv = evaluated
+    assert {p.name for p in out.iterdir()} == FILES  # and no temporary files left behind
+    summary = strict_json(out / "metrics.json")
+    labels = pd.read_csv(TEST_LABELS)
+    scores = pd.read_csv(predictions_csv)
+    assert summary["n_images"] == 55 and summary["findings"] == list(FINDINGS)
+    assert summary["labels_sha256"] == hashlib.sha256(TEST_LABELS.read_bytes()).hexdigest()
+    assert summary["checkpoint"] is None and summary["labels_file"].endswith("test.csv")
+    assert summary["threshold_source"] == "default_0.5" and set(summary["thresholds"].values()) == {0.5}
+    assert summary["bootstrap"]["n_resamples"] == 300 and summary["created"]
+    for finding in FINDINGS:
+        y, s = labels[finding].to_numpy(), scores[finding].to_numpy()
+        assert summary["auc"][finding] == pytest.approx(sk.roc_auc_score(y, s), abs=1e-9)
+        assert summary["average_precision"][finding] == pytest.approx(sk.average_precision_score(y, s), abs=1e-9)
+        assert summary["brier"][finding] == pytest.approx(sk.brier_score_loss(y, s), abs=1e-9)
+        assert summary["n_positive"][finding] == y.sum() and summary["prevalence"][finding] == pytest.approx(y.mean())
+        low, high = summary["auc_ci"][finding]
+        assert low <= summary["auc"][finding] <= high
+        point = summary["at_threshold"][finding]
+        assert point["tp"] + point["fp"] + point["tn"] + point["fn"] == 55
+        assert point["tp"] == int(((s >= 0.5) & (y == 1)).sum())
+        assert sum(summary["calibration"][finding]["count"]) == 55
+    assert summary["mean_auc"] == pytest.approx(np.mean(list(summary["auc"].values())))
+    assert summary["mean_auc_ci"][0] <= summary["mean_auc"] <= summary["mean_auc_ci"][1]
+    assert any("0.5" in note for note in summary["notes"])
+    written = pd.read_csv(out / "predictions.csv")
+    pd.testing.assert_frame_equal(written, scores)
+
+
+def test_curve_files_need_no_recomputation(evaluated):
+    out, predictions_csv = evaluated
+    loaded = evaluate.load_eval(out)
+    labels, scores = pd.read_csv(TEST_LABELS), pd.read_csv(predictions_csv)
+    for finding in ("Atelectasis", "Edema"):
+        y, s = labels[finding], scores[finding]
+        roc = loaded["roc"][loaded["roc"]["finding"] == finding]
+        fpr, tpr, thresholds = sk.roc_curve(y, s)
+        np.testing.assert_allclose(roc[["fpr", "tpr", "threshold"]].to_numpy().T, [fpr, tpr, thresholds])
+        pr = loaded["pr"][loaded["pr"]["finding"] == finding]
+        precision, recall, cut = sk.precision_recall_curve(y, s, drop_intermediate=True)
+        np.testing.assert_allclose(pr["precision"], precision)
+        np.testing.assert_allclose(pr["recall"], recall)
+        np.testing.assert_allclose(pr["threshold"], np.r_[cut, np.nan])
+    assert len(loaded["calibration"]) == 10 * len(FINDINGS)
+    assert loaded["metrics"]["n_images"] == 55
+
+
+def test_the_command_line_entry_point(tmp_path):
+    predictions = write_predictions(TEST_LABELS, tmp_path / "preds.csv")
+    command = [sys.executable, "-m", "pipeline", "evaluate", "--predictions", str(predictions)]
+    command += ["--labels", str(TEST_LABELS), "--out", str(tmp_path / "out"), "--bootstrap", "20"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert "Atelectasis" in result.stdout and "mean" in result.stdout
+    assert (tmp_path / "out" / "metrics.json").is_file()
+
+
+def test_a_finding_without_positives_is_null_not_a_crash(tmp_path, capsys):
+    labels = pd.read_csv(TEST_LABELS)
+    labels["Hernia"] = 0
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    predictions = write_predictions(TEST_LABELS, tmp_path / "preds.csv")
+    out = tmp_path / "out"
+    code, stdout, _ = run_main(
+        capsys, "evaluate", "--predictions", predictions, "--labels", tmp_path / "labels.csv", "--out", out
+    )
+    assert code == 0
+    summary = strict_json(out / "metrics.json")
+    for key in ("auc", "auc_ci", "average_precision"):
+        assert summary[key]["Hernia"] is None
+    assert summary["at_threshold"]["Hernia"]["sensitivity"] is None
+    assert summary["at_threshold"]["Hernia"]["specificity"] is not None
+    assert any(note.startswith("Hernia: no positive image") for note in summary["notes"])
+    others = [summary["auc"][f] for f in FINDINGS if f != "Hernia"]
+    assert summary["mean_auc"] == pytest.approx(np.mean(others))
+    assert "Hernia" not in set(pd.read_csv(out / "roc.csv")["finding"])
+    assert "Hernia" in stdout
+
+
+def test_bootstrap_zero_gives_no_intervals(tmp_path, capsys):
+    predictions = write_predictions(TEST_LABELS, tmp_path / "preds.csv")
+    out = tmp_path / "out"
+    argv = ["evaluate", "--predictions", predictions, "--labels", TEST_LABELS, "--out", out, "--bootstrap", "0"]
+    assert run_main(capsys, *argv)[0] == 0
+    summary = strict_json(out / "metrics.json")
+    assert summary["mean_auc_ci"] is None and set(summary["auc_ci"].values()) == {None}
+
+
+def test_labels_and_predictions_on_different_images(tmp_path, capsys):
+    predictions = pd.read_csv(write_predictions(TEST_LABELS, tmp_path / "preds.csv"))
+    missing = predictions["Image"].iloc[:3].tolist()
+    extra = predictions.iloc[[3]].assign(Image="99999999_000.png")
+    pd.concat([predictions.iloc[3:], extra]).to_csv(tmp_path / "bad.csv", index=False)
+    argv = ["evaluate", "--predictions", tmp_path / "bad.csv", "--labels", TEST_LABELS, "--out", tmp_path / "out"]
+    code, _, err = run_main(capsys, *argv)
+    assert_one_line_error(code, err, "3 of 55 labelled images have no prediction", missing[0], "99999999_000.png")
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda t: t.drop(columns="Mass"), ["missing column", "Mass"]),
+        (lambda t: t.assign(Edema=t["Edema"].astype(object).where(t.index != 4, "high")), ["'Edema'", "row 6", "high"]),
+        (lambda t: t.assign(Nodule=t["Nodule"] * 100), ["'Nodule'", "from 0 to 1"]),
+        (lambda t: t.assign(Hernia=t["Hernia"].where(t.index != 0)), ["'Hernia'", "row 2"]),
+        (lambda t: pd.concat([t, t.iloc[[0]]]), ["more than one row"]),
+    ],
+    ids=["missing-column", "not-a-number", "outside-0-1", "empty", "duplicate"],
+)
+def test_bad_predictions_csv_is_one_line(tmp_path, capsys, change, words):
+    predictions = pd.read_csv(write_predictions(TEST_LABELS, tmp_path / "preds.csv"))
+    change(predictions).to_csv(tmp_path / "bad.csv", index=False)
+    argv = ["evaluate", "--predictions", tmp_path / "bad.csv", "--labels", TEST_LABELS, "--out", tmp_path / "out"]
+    assert_one_line_error(*run_main(capsys, *argv)[::2], "bad.csv", *words)
+
+
+def test_thresholds_chosen_on_a_validation_evaluation(tmp_path, capsys):
+    valid_predictions = write_predictions(VALID_LABELS, tmp_path / "valid.csv", seed=5)
+    valid_out = tmp_path / "eval-valid"
+    argv = ["evaluate", "--predictions", valid_predictions, "--labels", VALID_LABELS, "--out", valid_out]
+    assert run_main(capsys, *argv, "--bootstrap", "0")[0] == 0
+    test_predictions = write_predictions(TEST_LABELS, tmp_path / "test.csv")
+    for source in (valid_out, valid_out / "predictions.csv"):  # the folder or its predictions.csv
+        out = tmp_path / "eval-test"
+        argv = ["evaluate", "--predictions", test_predictions, "--labels", TEST_LABELS, "--out", out]
+        assert run_main(capsys, *argv, "--valid-predictions", source, "--bootstrap", "0")[0] == 0
+        summary = strict_json(out / "metrics.json")
+        assert summary["threshold_source"] == "validation_youden"
+        labels, scores = pd.read_csv(VALID_LABELS), pd.read_csv(valid_predictions)
+        for finding in FINDINGS:
+            expected = metrics.choose_threshold(labels[finding], scores[finding])
+            assert summary["thresholds"][finding] == expected
+        tests, test_scores = pd.read_csv(TEST_LABELS), pd.read_csv(test_predictions)
+        chosen = summary["thresholds"]["Effusion"]
+        expected = metrics.metrics_at_threshold(tests["Effusion"], test_scores["Effusion"], chosen)
+        assert summary["at_threshold"]["Effusion"] == expected
+
+
+def test_validation_predictions_need_their_labels(tmp_path, capsys):
+    lone = write_predictions(VALID_LABELS, tmp_path / "valid.csv")
+    predictions = write_predictions(TEST_LABELS, tmp_path / "test.csv")
+    argv = ["evaluate", "--predictions", predictions, "--labels", TEST_LABELS, "--out", tmp_path / "out"]
+    code, _, err = run_main(capsys, *argv, "--valid-predictions", lone)
+    assert_one_line_error(code, err, "valid.csv", "labels.csv")
+
+
+def test_thresholds_from_a_json_file(evaluated, tmp_path, capsys):
+    _, predictions = evaluated
+    chosen = {finding: 0.2 + 0.01 * i for i, finding in enumerate(FINDINGS)}
+    (tmp_path / "thresholds.json").write_text(json.dumps(chosen))
+    out = tmp_path / "out"
+    argv = ["evaluate", "--predictions", predictions, "--labels", TEST_LABELS, "--out", out, "--bootstrap", "0"]
+    assert run_main(capsys, *argv, "--thresholds", tmp_path / "thresholds.json")[0] == 0
+    summary = strict_json(out / "metrics.json")
+    assert summary["thresholds"] == chosen and summary["threshold_source"] == "file"
+    # an evaluation's metrics.json works as a thresholds file too
+    assert run_main(capsys, *argv, "--thresholds", out / "metrics.json")[0] == 0
+    assert strict_json(out / "metrics.json")["thresholds"] == chosen
+
+    del chosen["Mass"]
+    (tmp_path / "partial.json").write_text(json.dumps(chosen))
+    code, _, err = run_main(capsys, *argv, "--thresholds", tmp_path / "partial.json")
+    assert_one_line_error(code, err, "partial.json", "Mass")
+
+
+def test_option_errors_are_one_line(evaluated, tmp_path, capsys):
+    _, predictions = evaluated
+    base = ["evaluate", "--labels", TEST_LABELS, "--out", tmp_path / "out"]
+    code, _, err = run_main(capsys, *base, "--checkpoint", tmp_path / "model.keras")
+    assert_one_line_error(code, err, "--images")
+    code, _, err = run_main(capsys, *base, "--predictions", predictions, "--valid-labels", VALID_LABELS)
+    assert_one_line_error(code, err, "--valid-labels")
+    code, _, err = run_main(capsys, *base, "--predictions", predictions, "--bootstrap", "-1")
+    assert_one_line_error(code, err, "--bootstrap")
+    code, _, err = run_main(capsys, *base, "--predictions", tmp_path / "nowhere.csv")
+    assert_one_line_error(code, err, "nowhere.csv", "not found")
+
+
+# --- compare ---------------------------------------------------------------------------------------------------
+
+
+def test_compare_table_and_json(evaluated, second, capsys):
+    first, _ = evaluated
+    code, table, _ = run_main(capsys, "compare", first, second, "--bootstrap", "200")
+    assert code == 0
+    assert f"reference: {first}" in table and "DeLong p" in table
+    assert all(finding in table for finding in FINDINGS) and "\nmean " in table
+
+    code, out, _ = run_main(capsys, "compare", first, second, "--bootstrap", "200", "--json")
+    assert code == 0
+    result = json.loads(out, parse_constant=lambda name: pytest.fail(name))
+    assert result["n_images"] == 55 and result["reference"] == str(first)
+    (comparison,) = result["comparisons"]
+    reference_auc, other_auc = strict_json(first / "metrics.json")["auc"], strict_json(second / "metrics.json")["auc"]
+    for finding, row in comparison["findings"].items():
+        assert row["auc_reference"] == pytest.approx(reference_auc[finding], abs=1e-12)
+        assert row["auc"] == pytest.approx(other_auc[finding], abs=1e-12)
+        assert row["difference"] == pytest.approx(row["auc"] - row["auc_reference"], abs=1e-12)
+        assert row["difference_ci"][0] <= row["difference"] <= row["difference_ci"][1]
+        if finding == "Edema":  # a single positive image: DeLong has no variance estimate
+            assert row["p_value"] is None
+        else:
+            assert 0 <= row["p_value"] <= 1
+    mean = comparison["mean"]
+    assert mean["difference"] == pytest.approx(mean["auc"] - mean["auc_reference"])
+    assert mean["difference_ci"][0] <= mean["difference"] <= mean["difference_ci"][1]
+    assert mean["n_findings"] == 14
+
+
+def test_compare_with_itself_finds_no_difference(evaluated):
+    first, _ = evaluated
+    result = evaluate.compare([first, first], n_bootstrap=30, seed=0)
+    for finding, row in result["comparisons"][0]["findings"].items():
+        assert row["difference"] == 0 and row["difference_ci"] == [0.0, 0.0]
+        assert row["p_value"] == (None if finding == "Edema" else 1.0)  # one positive: no DeLong variance
+    frame = evaluate.comparison_frame(result)
+    assert len(frame) == len(FINDINGS) + 1 and frame["finding"].iloc[-1] == "mean"
+
+
+def test_compare_refuses_different_label_files(evaluated, tmp_path, capsys):
+    first, _ = evaluated
+    subset = pd.read_csv(TEST_LABELS).iloc[:40]
+    subset.to_csv(tmp_path / "subset.csv", index=False)
+    predictions = write_predictions(tmp_path / "subset.csv", tmp_path / "preds.csv")
+    out = tmp_path / "eval-subset"
+    argv = ["evaluate", "--predictions", predictions, "--labels", tmp_path / "subset.csv", "--out", out]
+    assert run_main(capsys, *argv, "--bootstrap", "0")[0] == 0
+    code, stdout, err = run_main(capsys, "compare", first, out)
+    assert_one_line_error(code, err, "different label files")
+    assert stdout == ""
+
+
+def test_compare_refuses_different_images_with_the_same_labels_file(evaluated, tmp_path, capsys):
+    first, _ = evaluated
+    tampered = tmp_path / "tampered"
+    shutil.copytree(first, tampered)
+    for name in ("labels.csv", "predictions.csv"):  # as if two images had been unreadable
+        table = pd.read_csv(tampered / name)
+        table.iloc[2:].to_csv(tampered / name, index=False)
+    code, _, err = run_main(capsys, "compare", first, tampered)
+    assert_one_line_error(code, err, "different images", "2 only in eval-a")
+
+
+def test_compare_needs_two_evaluation_folders(evaluated, tmp_path, capsys):
+    first, _ = evaluated
+    assert_one_line_error(*run_main(capsys, "compare", first)[::2], "at least two")
+    assert_one_line_error(*run_main(capsys, "compare", first, tmp_path)[::2], "not an evaluation folder")
+    with pytest.raises(InputError):
+        evaluate.load_eval(tmp_path)
+
+
+# --- from a checkpoint -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Keras's own, on every forward pass
+def test_evaluate_a_checkpoint_on_20_images(small_checkpoint, small_model, tmp_path, capsys):
+    """The --checkpoint path end to end: a tiny random DenseNet121, 20 test images, thresholds from 6 valid images.
+
+    One more image of the test labels is a truncated PNG: it is left out with a warning and a note, not a crash.
+    """
+    from pipeline import predict
+
+    images = tmp_path / "images"
+    images.mkdir()
+    labels = pd.read_csv(TEST_LABELS).iloc[:21]
+    valid = pd.read_csv(VALID_LABELS).iloc[:6]
+    for name in [*labels["Image"].iloc[:20], *valid["Image"]]:
+        (images / name).symlink_to(IMAGES / name)
+    broken = labels["Image"].iloc[20]
+    (images / broken).write_bytes((IMAGES / broken).read_bytes()[:200])
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    valid.to_csv(tmp_path / "valid.csv", index=False)
+
+    out = tmp_path / "out"
+    argv = ["evaluate", "--checkpoint", small_checkpoint, "--labels", tmp_path / "labels.csv", "--images", images]
+    code, stdout, err = run_main(capsys, *argv, "--out", out, "--valid-labels", tmp_path / "valid.csv")
+    assert code == 0, err
+    assert err.startswith("warning: labels.csv: 1 images could not be read")
+    summary = strict_json(out / "metrics.json")
+    assert summary["n_images"] == 20 and summary["checkpoint"] == str(small_checkpoint)
+    assert list(summary["skipped_images"]) == [broken]
+    assert summary["threshold_source"] == "validation_youden"
+    assert any("valid.csv (6 images)" in note for note in summary["notes"])
+    written = pd.read_csv(out / "predictions.csv")
+    assert written["Image"].tolist() == labels["Image"].iloc[:20].tolist()
+    expected = predict.predict_paths(small_model, [images / name for name in written["Image"].iloc[:2]])
+    np.testing.assert_allclose(written[list(FINDINGS)].to_numpy()[:2], expected.probabilities, atol=1e-5)
+    assert "Atelectasis" in stdout

@@ -13,6 +13,7 @@ Both become the canonical table: ``Image``, ``PatientId``, the 14 findings as 0/
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -207,3 +208,26 @@ def write_splits(parts: dict[str, pd.DataFrame], out_dir: str | Path, names: lis
         part: write_csv_atomic(to_course_format(parts[part]), Path(out_dir) / file)
         for part, file in zip(("train", "valid", "test"), names, strict=True)
     }
+
+
+def load_labels_bytes(content: bytes, name: str) -> pd.DataFrame:
+    """`load_labels` of a label file's bytes, plain or gzipped (an upload: never written to disk).
+
+    ``name`` is the file's name, used in the one-line `InputError` messages.
+    """
+    if not content:
+        raise InputError(f"{name}: the file is empty; give a CSV with a header row")
+    compression = "gzip" if content[:2] == b"\x1f\x8b" else None
+    try:
+        raw = pd.read_csv(
+            io.BytesIO(content), compression=compression, dtype={"Image": str, "Image Index": str}, low_memory=False
+        )
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{name}: the file is empty; give a CSV with a header row") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{name}: cannot be read as CSV ({reason}); give a plain or gzipped CSV") from None
+    try:
+        return load_labels(raw)
+    except InputError as exc:  # load_labels calls a DataFrame "table"; say which file it was
+        raise InputError(str(exc).replace("table:", f"{name}:", 1)) from None

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline.data import label_matrix
-from pipeline.findings import FINDINGS
+from pipeline.data import compute_class_freqs, label_matrix
+from pipeline.errors import InputError
+from pipeline.findings import FINDINGS, NO_FINDING
 
 AGE_BINS = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 200)
 AGE_LABELS = [f"{lo}-{hi - 1}" for lo, hi in zip(AGE_BINS[:-1], AGE_BINS[1:], strict=True)]
@@ -95,3 +96,64 @@ def format_summary(summary: dict) -> str:
     if matrix[i, j]:
         lines.append(f"most frequent pair: {FINDINGS[i]} + {FINDINGS[j]} ({matrix[i, j]:,} images; --json for all)")
     return "\n".join(lines)
+
+
+def filter_table(
+    table: pd.DataFrame,
+    findings: list[str] | None = None,
+    views: list[str] | None = None,
+    sexes: list[str] | None = None,
+    age_range: tuple[float, float] | None = None,
+) -> pd.DataFrame:
+    """The rows matching every given filter; None or an empty list leaves that filter off.
+
+    ``findings`` keeps images positive for any of them ("No Finding" keeps images without any finding);
+    ``views`` and ``sexes`` match the ``View`` and ``Sex`` columns; ``age_range`` is inclusive at both ends
+    and drops rows without an age.
+    """
+    keep = np.ones(len(table), dtype=bool)
+    if findings:
+        unknown = [f for f in findings if f not in FINDINGS and f != NO_FINDING]
+        if unknown:
+            raise InputError(f"unknown finding {unknown[0]!r}; use the NIH names or {NO_FINDING!r}")
+        chosen = [f for f in findings if f in FINDINGS]
+        match = table[chosen].to_numpy().any(axis=1) if chosen else np.zeros(len(table), dtype=bool)
+        if NO_FINDING in findings:
+            match |= table[list(FINDINGS)].to_numpy().sum(axis=1) == 0
+        keep &= match
+    for column, values in (("View", views), ("Sex", sexes)):
+        if values:
+            keep &= _column(table, column).isin(values).to_numpy()
+    if age_range is not None:
+        ages = pd.to_numeric(_column(table, "Age"), errors="coerce")
+        keep &= ages.between(age_range[0], age_range[1]).to_numpy()
+    return table[keep].reset_index(drop=True)
+
+
+def _column(table: pd.DataFrame, column: str) -> pd.Series:
+    if column not in table.columns:
+        raise InputError(f"this label file has no {column!r} column; filter by {column} needs the NIH metadata")
+    return table[column]
+
+
+def loss_contributions(table: pd.DataFrame) -> pd.DataFrame:
+    """Each finding's share of the loss from positive and negative images, before and after class weighting.
+
+    The course's definition: before weighting, positives contribute ``freq_pos`` and negatives ``freq_neg``;
+    the weighted loss multiplies them by ``w_pos = freq_neg`` and ``w_neg = freq_pos``, so afterwards both
+    contribute ``freq_pos * freq_neg`` and the imbalance is gone. Index: the 14 findings; columns
+    ``freq_pos``, ``freq_neg``, ``pos_before``, ``neg_before``, ``pos_after``, ``neg_after``.
+    """
+    freq_pos, freq_neg = compute_class_freqs(table)
+    w_pos, w_neg = freq_neg, freq_pos
+    return pd.DataFrame(
+        {
+            "freq_pos": freq_pos,
+            "freq_neg": freq_neg,
+            "pos_before": freq_pos,
+            "neg_before": freq_neg,
+            "pos_after": freq_pos * w_pos,
+            "neg_after": freq_neg * w_neg,
+        },
+        index=pd.Index(FINDINGS, name="finding"),
+    )

@@ -1,0 +1,24 @@
+"""Entry point of the dashboard (`make run`): the page navigation and the shared sidebar, nothing else."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # streamlit adds app/, `pipeline` is one level up
+
+import streamlit as st
+
+from app import shared
+
+st.set_page_config(page_title="Chest X-ray toolkit", page_icon=":material/radiology:", layout="wide")
+
+pages = [
+    st.Page("views/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("views/dataset.py", title="Dataset", icon=":material/database:"),
+    st.Page("views/leakage.py", title="Leakage", icon=":material/group:"),
+    st.Page("views/balance.py", title="Class balance", icon=":material/balance:"),
+    st.Page("views/performance.py", title="Model performance", icon=":material/monitoring:"),
+    st.Page("views/predict.py", title="Predict", icon=":material/image_search:"),
+]
+page = st.navigation(pages)
+shared.sidebar()
+page.run()

@@ -1,0 +1,180 @@
+"""Dataset: prevalence, co-occurrence, findings per image, demographics, example images and the NIH boxes."""
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from app import shared
+from pipeline import boxes, imaging, stats
+from pipeline.findings import FINDINGS, NO_FINDING
+
+GALLERY_SIZE = 8  # images per gallery page
+
+
+@st.cache_data(show_spinner="Computing statistics...")
+def filtered(path: str, findings: tuple, views: tuple, sexes: tuple, age_range: tuple | None) -> pd.DataFrame:
+    """The label table of ``path`` after the filters (cached: the full metadata has 112,120 rows)."""
+    table = shared.load_labels(path)
+    return stats.filter_table(table, list(findings), list(views), list(sexes), age_range)
+
+
+@st.cache_data(show_spinner=False)
+def summary_of(path: str, findings: tuple, views: tuple, sexes: tuple, age_range: tuple | None) -> dict:
+    return stats.summarize(filtered(path, findings, views, sexes, age_range))
+
+
+@st.cache_data(show_spinner=False)
+def box_list() -> pd.DataFrame:
+    return boxes.load_boxes()
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def gallery_image(name: str) -> np.ndarray:
+    """An embedded image as RGB with its NIH boxes, if any, scaled from the 1024 px original and drawn."""
+    image = imaging.load_image(shared.IMAGES_DIR / name)
+    height, width = image.shape
+    return boxes.draw_boxes(image, boxes.scale_boxes(boxes.boxes_for(box_list(), [name]), (width, height)))
+
+
+def bar(categories: list, counts: list[int], title: str, category_title: str, count_title: str,
+        color: str = shared.NEGATIVE, horizontal: bool = False, text: list[str] | None = None) -> go.Figure:
+    """A one-series bar chart of counts per category, the bars horizontal or upright, labelled with ``text``."""
+    trace = go.Bar(x=counts, y=categories, orientation="h") if horizontal else go.Bar(x=categories, y=counts)
+    trace.update(marker_color=color, text=text, textposition="outside", cliponaxis=False)
+    axes = {"xaxis_title": count_title, "yaxis_title": category_title} if horizontal else \
+        {"xaxis_title": category_title, "yaxis_title": count_title}
+    fig = go.Figure(trace).update_layout(title=title, **axes)
+    if text and counts:  # room for the labels beyond the longest bar
+        fig.update_layout(**{"xaxis_range" if horizontal else "yaxis_range": [0, max(counts) * 1.25]})
+    return shared.style(fig, legend=False)
+
+
+name, path = shared.data_choice()
+table = shared.load_labels(str(path))
+st.title("Dataset")
+st.caption(f"{name} (`{shared.display_path(path)}`, {len(table):,} images); switch in the sidebar.")
+
+with st.container(border=True):
+    columns = st.columns([3, 1, 1, 2])
+    chosen_findings = columns[0].multiselect(
+        "Findings", [*FINDINGS, NO_FINDING], placeholder="all images",
+        help="Keeps images with any of the chosen findings.",
+    )
+    chosen_views = columns[1].multiselect("View", sorted(table["View"].dropna().unique()), placeholder="all")
+    chosen_sexes = columns[2].multiselect("Sex", sorted(table["Sex"].dropna().unique()), placeholder="all")
+    ages = columns[3].slider("Age (years)", 0, 100, (0, 100), help="The full range keeps every image.")
+age_range = None if ages == (0, 100) else ages
+filters = (str(path), tuple(chosen_findings), tuple(chosen_views), tuple(chosen_sexes), age_range)
+summary = summary_of(*filters)
+n = summary["n_images"]
+
+a, b, c, d = st.columns(4)
+a.metric("Images", f"{n:,}", help="Images matching the filters.")
+b.metric("Patients", f"{summary['n_patients']:,}")
+c.metric("Images per patient", f"{summary['images_per_patient']['mean']:.2f}", help="Mean; see the chart below.")
+d.metric("No finding", f"{summary['no_finding']['count']:,}",
+         help=f"{summary['no_finding']['percent']:.1f}% of the images carry none of the 14 findings.")
+if n == 0:
+    st.warning("No image matches these filters; widen them.")
+    st.stop()
+
+left, right = st.columns(2, gap="medium")
+with left:
+    prevalence = sorted(summary["prevalence"].items(), key=lambda item: item[1]["count"])
+    shared.chart(bar(
+        [f for f, _ in prevalence], [p["count"] for _, p in prevalence], "Prevalence per finding", "",
+        "Images with the finding (count)", color=shared.POSITIVE, horizontal=True,
+        text=[f"{p['count']:,} ({p['percent']:.1f}%)" for _, p in prevalence],
+    ).update_layout(height=480))
+    st.caption("How many of the selected images carry each finding; an image can carry several.")
+with right:
+    matrix = np.array(summary["cooccurrence"], dtype=float)
+    np.fill_diagonal(matrix, np.nan)  # the diagonal (each finding's count) would drown the pairs
+    fig = go.Figure(go.Heatmap(
+        z=matrix, x=list(FINDINGS), y=list(FINDINGS), colorscale="Blues", colorbar={"title": "images"},
+        hovertemplate="%{y} + %{x}: %{z:,} images<extra></extra>",
+    ))
+    fig.update_layout(title="Co-occurrence of findings", yaxis={"autorange": "reversed"})
+    shared.chart(shared.style(fig, height=480, legend=False))
+    st.caption("Images carrying both findings of a pair; the diagonal is left blank (see the prevalence).")
+
+left, mid, right = st.columns(3, gap="medium")
+with left:
+    per_image = summary["findings_per_image"]
+    shared.chart(bar(list(per_image), list(per_image.values()), "Findings per image", "Findings on the image",
+                     "Images (count)"))
+with mid:
+    per_patient = summary["images_per_patient"]["histogram"]
+    fig = bar([int(k) for k in per_patient], list(per_patient.values()), "Images per patient",
+              "Images of the patient", "Patients (count)").update_xaxes(dtick=1 if len(per_patient) < 15 else None)
+    if len(per_patient) > 10:
+        fig.update_yaxes(type="log", title="Patients (count, log scale)")
+    shared.chart(fig)
+with right:
+    age_bins = summary.get("age", {}).get("bins", {})
+    shared.chart(bar(list(age_bins), list(age_bins.values()), "Age", "Age (years)", "Images (count)"))
+left, right = st.columns(2, gap="medium")
+with left:
+    sex = summary.get("sex", {})
+    shared.chart(bar(list(sex), list(sex.values()), "Sex", "Sex", "Images (count)",
+                     text=[f"{v:,}" for v in sex.values()]).update_layout(height=300))
+with right:
+    view = summary.get("view", {})
+    shared.chart(bar(list(view), list(view.values()), "View position", "View (PA: posterior-anterior, AP: "
+                     "anterior-posterior)", "Images (count)", text=[f"{v:,}" for v in view.values()])
+                 .update_layout(height=300))
+
+st.header("Example images")
+selection = filtered(*filters)
+embedded = sorted(set(selection["Image"]) & {p.name for p in shared.IMAGES_DIR.glob("*.png")})
+all_boxes = box_list()
+if not embedded:
+    st.info(f"None of the {n:,} selected images is embedded in `nih/images`; only the sample's 549 are.")
+else:
+    pages = (len(embedded) + GALLERY_SIZE - 1) // GALLERY_SIZE
+    page = st.number_input(f"Page (of {pages})", 1, pages, 1) if pages > 1 else 1
+    st.caption(
+        f"{len(embedded):,} of the selected images are embedded in `nih/images` (320 x 320 px), shown "
+        f"{GALLERY_SIZE} at a time with their NIH labels; NIH radiologist boxes are drawn where they exist."
+    )
+    labels = selection.set_index("Image")[list(FINDINGS)]
+    shown = embedded[(page - 1) * GALLERY_SIZE : page * GALLERY_SIZE]
+    for row in range(0, len(shown), 4):
+        for column, image_name in zip(st.columns(4), shown[row : row + 4], strict=False):
+            found = [f for f in FINDINGS if labels.at[image_name, f]]
+            column.image(gallery_image(image_name), caption=f"{image_name}: {', '.join(found) or NO_FINDING}")
+
+st.header("Radiologist bounding boxes")
+with_boxes = boxes.boxes_for(all_boxes, embedded)
+if len(with_boxes):
+    st.caption(f"{with_boxes['Image'].nunique()} of the embedded images above have NIH boxes; they are drawn on them.")
+else:
+    st.info(
+        f"None of the {len(embedded):,} embedded images shown here has a box: the NIH drew its "
+        f"{len(all_boxes):,} boxes (`BBox_List_2017`) on {all_boxes['Image'].nunique():,} other images, which "
+        "this repository does not ship. So the boxes are shown without their images: where they lie on the "
+        "1024 x 1024 originals, and as a table."
+    )
+with_findings = sorted(all_boxes["Finding"].unique())
+box_finding = st.selectbox("Boxes of", with_findings, index=with_findings.index("Cardiomegaly"),
+                           help="The 8 findings the NIH drew boxes for.")
+shown_boxes = all_boxes[all_boxes["Finding"] == box_finding]
+# every box as a closed path, boxes separated by None, in one trace
+x, y, w, h = (shown_boxes[c].to_numpy() for c in ("x", "y", "w", "h"))
+gap = np.full(len(shown_boxes), None)
+fig = go.Figure(go.Scatter(
+    x=np.column_stack([x, x + w, x + w, x, x, gap]).ravel(), y=np.column_stack([y, y, y + h, y + h, y, gap]).ravel(),
+    mode="lines", line={"width": 1, "color": shared.POSITIVE}, opacity=0.5, hoverinfo="skip",
+))
+fig.update_xaxes(range=[0, boxes.ORIGINAL_SIZE], title="x (pixels of the 1024 px original)", constrain="domain")
+fig.update_yaxes(range=[boxes.ORIGINAL_SIZE, 0], title="y (pixels)", scaleanchor="x", constrain="domain")
+fig.update_layout(title=f"{len(shown_boxes)} {box_finding} boxes on the 1024 x 1024 originals")
+left, right = st.columns([1, 1], gap="medium")
+with left:
+    shared.chart(shared.style(fig, height=520, legend=False))
+    st.caption("Each outline is one radiologist's box; the image's left side is the patient's right.")
+with right:
+    st.dataframe(shown_boxes, hide_index=True, height=520, column_config={
+        c: st.column_config.NumberColumn(f"{c} (px)", format="%.0f") for c in ("x", "y", "w", "h")
+    })

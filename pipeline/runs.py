@@ -1,0 +1,113 @@
+"""Find training runs, checkpoints and evaluations under an artifacts folder, and read what they record.
+
+The layout, written by `pipeline.train` and `pipeline.evaluate`::
+
+    artifacts/runs/<name>/config.json     how the run was made
+                          history.csv     one row per epoch
+                          best.keras      the checkpoint with the best validation AUC
+                          checkpoints/    one .keras per epoch
+                          eval-<set>/     metrics.json, predictions.csv, roc.csv, ...
+
+Any folder under the artifacts folder holding a ``metrics.json`` counts as an evaluation, so evaluations
+written elsewhere (e.g. ``artifacts/scratch/``) are found too. Only small text files are read here, never
+a model, so the dashboard can list runs without importing TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.cli import REPO_ROOT
+from pipeline.errors import InputError
+
+ENV_VAR = "CHESTXRAY_ARTIFACTS"  # overrides the default artifacts folder (tests point it at a temporary one)
+DEFAULT_ARTIFACTS = REPO_ROOT / "artifacts"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run folder: its checkpoints and evaluations, as paths."""
+
+    name: str
+    path: Path
+    checkpoint: Path | None  # best.keras, else the newest of checkpoints/*.keras
+    checkpoints: tuple[Path, ...]
+    evaluations: tuple[Path, ...]
+
+
+def artifacts_dir() -> Path:
+    """The artifacts folder: ``$CHESTXRAY_ARTIFACTS`` when set, else ``artifacts/`` in the repository."""
+    return Path(os.environ.get(ENV_VAR) or DEFAULT_ARTIFACTS)
+
+
+def find_runs(artifacts: str | Path) -> list[Run]:
+    """Every folder under ``<artifacts>/runs/`` with a config, a history, a checkpoint or an evaluation, by name."""
+    runs = []
+    for folder in sorted(Path(artifacts, "runs").glob("*/")):
+        checkpoints = tuple(sorted(folder.glob("checkpoints/*.keras"), key=lambda p: (p.stat().st_mtime, p.name)))
+        best = folder / "best.keras"
+        checkpoint = best if best.is_file() else (checkpoints[-1] if checkpoints else None)
+        evaluations = tuple(sorted(p.parent for p in folder.glob("*/metrics.json")))
+        has_record = (folder / "config.json").is_file() or (folder / "history.csv").is_file()
+        if checkpoint or evaluations or has_record:
+            runs.append(Run(folder.name, folder, checkpoint, checkpoints, evaluations))
+    return runs
+
+
+def find_evaluations(artifacts: str | Path) -> list[Path]:
+    """Every folder under ``artifacts`` that holds a ``metrics.json``, sorted by path."""
+    return sorted(path.parent for path in Path(artifacts).rglob("metrics.json"))
+
+
+def label(path: str | Path, artifacts: str | Path) -> str:
+    """A short name for a folder: its path relative to the artifacts folder (``runs/demo/eval-test``)."""
+    try:
+        return Path(path).resolve().relative_to(Path(artifacts).resolve()).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
+
+
+def read_config(run_dir: str | Path) -> dict:
+    """The run's ``config.json``, or ``{}`` when the run has none."""
+    return _read_json(Path(run_dir) / "config.json", missing={})
+
+
+def read_metrics(eval_dir: str | Path) -> dict:
+    """An evaluation's ``metrics.json`` as a dict (raises `InputError` when missing or unreadable)."""
+    path = Path(eval_dir) / "metrics.json"
+    if not path.is_file():
+        raise InputError(f"{path}: no metrics.json; make one with `python -m pipeline evaluate`")
+    return _read_json(path, missing={})
+
+
+def read_history(run_dir: str | Path) -> pd.DataFrame | None:
+    """The run's ``history.csv`` (one row per epoch), or None when the run has none."""
+    path = Path(run_dir) / "history.csv"
+    if not path.is_file():
+        return None
+    try:
+        history = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: cannot be read as CSV ({reason}); the run may still be writing it") from None
+    if "epoch" not in history.columns:
+        raise InputError(f"{path}: no 'epoch' column; expected the history.csv written by `python -m pipeline train`")
+    return history
+
+
+def _read_json(path: Path, missing: dict) -> dict:
+    if not path.is_file():
+        return missing
+    try:
+        with open(path) as handle:
+            value = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise InputError(f"{path}: not valid JSON ({str(exc).splitlines()[0]}); rewrite or delete it") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value

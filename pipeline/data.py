@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from pipeline.errors import InputError
+from pipeline.files import write_csv_atomic
 from pipeline.findings import FINDINGS, NO_FINDING
 
 NIH_COLUMNS = {"Image Index": "Image", "Patient ID": "PatientId"}
@@ -46,7 +46,7 @@ def load_labels(source: str | Path | pd.DataFrame, images_dir: str | Path | None
         ``Image``, ``PatientId``, the 14 findings (int8 0/1), then ``View``, ``Age``, ``Sex`` if present.
     """
     name = "table" if isinstance(source, pd.DataFrame) else Path(source).name
-    raw = source.reset_index(drop=True) if isinstance(source, pd.DataFrame) else _read_csv(Path(source))
+    raw = source.reset_index(drop=True) if isinstance(source, pd.DataFrame) else read_csv(Path(source))
     raw.columns = [str(c).strip() for c in raw.columns]
     if "Finding Labels" in raw.columns or "Image Index" in raw.columns:
         table = _from_nih(raw, name)
@@ -63,7 +63,8 @@ def load_labels(source: str | Path | pd.DataFrame, images_dir: str | Path | None
     return table
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def read_csv(path: Path) -> pd.DataFrame:
+    """Read a CSV (plain or gzipped) as it is, with one-line errors for missing, empty or unreadable files."""
     if not path.is_file():
         raise InputError(f"{path}: file not found; check the path")
     try:
@@ -185,21 +186,6 @@ def compute_class_freqs(labels: np.ndarray | pd.DataFrame) -> tuple[np.ndarray, 
 def to_course_format(table: pd.DataFrame) -> pd.DataFrame:
     """The canonical table as the course CSV: ``Image``, the 14 findings, ``PatientId``."""
     return table[["Image", *FINDINGS, "PatientId"]]
-
-
-def write_csv_atomic(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write a CSV through a temporary file and a rename, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            frame.to_csv(handle, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_splits(parts: dict[str, pd.DataFrame], out_dir: str | Path, names: list[str]) -> dict[str, Path]:

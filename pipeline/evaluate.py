@@ -16,11 +16,9 @@ Each file is written through a temporary file and a rename, and ``metrics.json``
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +30,7 @@ import pandas as pd
 
 from pipeline import data, metrics
 from pipeline.errors import InputError
+from pipeline.files import sha256_of, write_csv_atomic, write_json_atomic
 from pipeline.findings import FINDINGS
 
 PREDICTIONS = "predictions.csv"
@@ -69,7 +68,7 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
         A missing column, a duplicated image, or a probability that is empty, not a number or outside [0, 1].
     """
     path = Path(path)
-    raw = data._read_csv(path)
+    raw = data.read_csv(path)
     need = "a predictions CSV needs Image and one probability column per finding"
     missing = [c for c in ("Image", *FINDINGS) if c not in raw.columns]
     if missing:
@@ -340,12 +339,12 @@ def write_evaluation(evaluation: Evaluation, out_dir: str | Path) -> Path:
         raise InputError(f"{out}: cannot create the output folder ({exc.strerror})") from None
     # A stale metrics.json would vouch for the half-replaced files below until the new one is written.
     (out / METRICS).unlink(missing_ok=True)
-    data.write_csv_atomic(evaluation.predictions, out / PREDICTIONS)
-    data.write_csv_atomic(data.to_course_format(evaluation.labels), out / LABELS)
-    data.write_csv_atomic(evaluation.roc, out / ROC)
-    data.write_csv_atomic(evaluation.pr, out / PR)
-    data.write_csv_atomic(evaluation.calibration, out / CALIBRATION)
-    _write_text_atomic(json.dumps(evaluation.metrics, indent=2, allow_nan=False) + "\n", out / METRICS)
+    write_csv_atomic(evaluation.predictions, out / PREDICTIONS)
+    write_csv_atomic(data.to_course_format(evaluation.labels), out / LABELS)
+    write_csv_atomic(evaluation.roc, out / ROC)
+    write_csv_atomic(evaluation.pr, out / PR)
+    write_csv_atomic(evaluation.calibration, out / CALIBRATION)
+    write_json_atomic(evaluation.metrics, out / METRICS)
     return out / METRICS
 
 
@@ -371,29 +370,6 @@ def load_eval(eval_dir: str | Path) -> dict[str, Any]:
             raise InputError(f"{folder}: {name} is missing; run the evaluation again")
         frames[key] = pd.read_csv(folder / name)
     return {"dir": folder, "metrics": content, **frames}
-
-
-def _write_text_atomic(text: str, path: Path) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def sha256_of(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes: which label file an evaluation used."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-# --- the evaluate command --------------------------------------------------------------------------------------
 
 
 def evaluate_from_args(args: argparse.Namespace) -> None:

@@ -49,7 +49,7 @@ def find_runs(artifacts: str | Path) -> list[Run]:
     """Every folder under ``<artifacts>/runs/`` with a config, a history, a checkpoint or an evaluation, by name."""
     runs = []
     for folder in sorted(Path(artifacts, "runs").glob("*/")):
-        checkpoints = tuple(sorted(folder.glob("checkpoints/*.keras"), key=lambda p: (p.stat().st_mtime, p.name)))
+        checkpoints = tuple(sorted(folder.glob("checkpoints/[!.]*.keras"), key=lambda p: (p.stat().st_mtime, p.name)))
         best = folder / "best.keras"
         checkpoint = best if best.is_file() else (checkpoints[-1] if checkpoints else None)
         evaluations = tuple(sorted(p.parent for p in folder.glob("*/metrics.json")))

@@ -28,13 +28,11 @@ run killed at any moment resumes from its last complete epoch with nothing lost 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -49,6 +47,7 @@ import tensorflow as tf
 from pipeline import data, imaging, metrics
 from pipeline import model as model_lib
 from pipeline.errors import InputError
+from pipeline.files import sha256_of, write_csv_atomic, write_json_atomic
 from pipeline.findings import FINDINGS
 from pipeline.losses import WeightedBinaryCrossentropy, class_weights
 
@@ -336,8 +335,8 @@ def run_config(settings: dict[str, Any], train_table: pd.DataFrame, valid_table:
             "horizontal_flip": False,
         },
         "findings": list(FINDINGS),
-        "train_sha256": _sha256(settings["train"]),
-        "valid_sha256": _sha256(settings["valid"]),
+        "train_sha256": sha256_of(settings["train"]),
+        "valid_sha256": sha256_of(settings["valid"]),
         "n_train": len(train_table),
         "n_valid": len(valid_table),
         "train_patients": int(train_table["PatientId"].nunique()),
@@ -418,7 +417,7 @@ def _start_or_resume(out: Path, config: dict[str, Any], resume: bool, log: Calla
     """Write ``config.json`` for a new run; for ``resume``, check it matches and return the saved state (or None)."""
     if not resume:
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / CONFIG, config)  # first, so a run killed from here on can be resumed
+        write_json_atomic(out / CONFIG, config)  # first, so a run killed from here on can be resumed
         (out / CHECKPOINTS).mkdir(exist_ok=True)
         return None
 
@@ -447,7 +446,7 @@ def _start_or_resume(out: Path, config: dict[str, Any], resume: bool, log: Calla
     updated = {**saved, "epochs": config["epochs"], "patience": config["patience"]}
     updated["resumed"] = [*saved.get("resumed", []), resumed]
     (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
-    _write_json(out / CONFIG, updated)
+    write_json_atomic(out / CONFIG, updated)
     _remove_leftovers(out, state["epoch"] if state else 0)
     if state is not None and state["best_epoch"] >= state["epoch"] - (KEEP_CHECKPOINTS - 1):
         # A crash between state.json and best.keras leaves the old best; its checkpoint is still kept.
@@ -466,7 +465,7 @@ def _commit_epoch(out: Path, net: keras.Model, state: dict[str, Any], row: dict[
     checkpoint = Path(CHECKPOINTS) / f"epoch-{epoch:03d}.keras"
     model_lib.save(net, out / checkpoint)
     state = _next_state(state, row, checkpoint.as_posix(), int(net.optimizer.iterations))
-    _write_json(out / STATE, state)
+    write_json_atomic(out / STATE, state)
     if state["best_epoch"] == epoch:
         model_lib.save_for_inference(net, out / BEST)
     _write_history(out, state)
@@ -550,7 +549,7 @@ def _fill_cache(images: tf.data.Dataset) -> None:
 
 
 def _write_history(out: Path, state: dict[str, Any]) -> None:
-    data.write_csv_atomic(history_frame(state), out / HISTORY)
+    write_csv_atomic(history_frame(state), out / HISTORY)
 
 
 def _remove_old_checkpoints(out: Path, last_epoch: int) -> None:
@@ -571,31 +570,12 @@ def _remove_leftovers(out: Path, last_epoch: int) -> None:
     _remove_old_checkpoints(out, last_epoch)
 
 
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    """Write JSON through a temporary file, fsync and rename: readers see the old file or the new one."""
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            json.dump(value, file, indent=2)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         with open(path) as file:
             return json.load(file)
     except (OSError, json.JSONDecodeError) as exc:
         raise InputError(f"{path}: cannot be read ({exc}); the run folder is damaged, start a new run") from None
-
-
-def _sha256(path: str | os.PathLike[str]) -> str:
-    with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def _per_finding(values: np.ndarray) -> dict[str, float]:

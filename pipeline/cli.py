@@ -161,8 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=Path, help="image folder (with --checkpoint)")
     p.add_argument("--out", required=True, type=Path)
     thresholds = p.add_mutually_exclusive_group()
-    thresholds.add_argument("--valid-predictions", type=Path, help="predictions on a validation set")
-    thresholds.add_argument("--valid-labels", type=Path, help="validation labels (with --checkpoint)")
+    thresholds.add_argument(
+        "--valid-predictions", type=Path, help="an evaluation folder of the validation set: thresholds by Youden's J"
+    )
+    thresholds.add_argument(
+        "--valid-labels", type=Path, help="validation labels: predict them too, thresholds by Youden's J (--checkpoint)"
+    )
     thresholds.add_argument("--thresholds", type=Path, help="JSON {finding: threshold}")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)

@@ -417,7 +417,7 @@ def _start_or_resume(out: Path, config: dict[str, Any], resume: bool, log: Calla
     """Write ``config.json`` for a new run; for ``resume``, check it matches and return the saved state (or None)."""
     if not resume:
         out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / CONFIG, config)  # first, so a run killed from here on can be resumed
+        write_json_atomic(config, out / CONFIG)  # first, so a run killed from here on can be resumed
         (out / CHECKPOINTS).mkdir(exist_ok=True)
         return None
 
@@ -446,7 +446,7 @@ def _start_or_resume(out: Path, config: dict[str, Any], resume: bool, log: Calla
     updated = {**saved, "epochs": config["epochs"], "patience": config["patience"]}
     updated["resumed"] = [*saved.get("resumed", []), resumed]
     (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / CONFIG, updated)
+    write_json_atomic(updated, out / CONFIG)
     _remove_leftovers(out, state["epoch"] if state else 0)
     if state is not None and state["best_epoch"] >= state["epoch"] - (KEEP_CHECKPOINTS - 1):
         # A crash between state.json and best.keras leaves the old best; its checkpoint is still kept.
@@ -465,7 +465,7 @@ def _commit_epoch(out: Path, net: keras.Model, state: dict[str, Any], row: dict[
     checkpoint = Path(CHECKPOINTS) / f"epoch-{epoch:03d}.keras"
     model_lib.save(net, out / checkpoint)
     state = _next_state(state, row, checkpoint.as_posix(), int(net.optimizer.iterations))
-    write_json_atomic(out / STATE, state)
+    write_json_atomic(state, out / STATE)
     if state["best_epoch"] == epoch:
         model_lib.save_for_inference(net, out / BEST)
     _write_history(out, state)

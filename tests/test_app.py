@@ -114,6 +114,7 @@ def test_home_shows_data_model_and_intended_use(app):
     body = text(app)
     assert "55 images of `nih/test.csv`" in body and "95% CI" in body
     assert "not a medical device" in body and "Wang X, Peng Y" in body
+    assert "trained from scratch" in body and "439" in body  # a --weights none run says it is weak
     app.sidebar.radio[0].set_value("Full NIH metadata").run()
     assert (metric(app, "Images"), metric(app, "Patients")) == ("112,120", "30,805")
 

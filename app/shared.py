@@ -69,8 +69,12 @@ def sidebar() -> None:
 
 
 def _default_run(found: list[runs.Run]) -> runs.Run:
-    """The first run with both a checkpoint and an evaluation, else the first with a checkpoint, else the first."""
-    for wanted in (lambda r: r.checkpoint and r.evaluations, lambda r: r.checkpoint):
+    """The shipped demo run, else the first run with a checkpoint and an evaluation, else with a checkpoint."""
+    for wanted in (
+        lambda r: r.name == runs.DEMO_RUN and r.checkpoint,
+        lambda r: r.checkpoint and r.evaluations,
+        lambda r: r.checkpoint,
+    ):
         for run in found:
             if wanted(run):
                 return run

@@ -27,6 +27,7 @@ from pipeline.errors import InputError
 
 ENV_VAR = "CHESTXRAY_ARTIFACTS"  # overrides the default artifacts folder (tests point it at a temporary one)
 DEFAULT_ARTIFACTS = REPO_ROOT / "artifacts"
+DEMO_RUN = "densenet121-128-weighted"  # the run whose checkpoint ships with the repository (README, Demo model)
 
 
 @dataclass(frozen=True)

@@ -121,8 +121,8 @@ def visit(page, url: str, title: str) -> None:
         .first.inner_text()
 
 
-def screenshot(page, name: str) -> int:
-    """Save a full-page PNG and return how many charts it shows.
+def screenshot(page, name: str, min_charts: int = 0) -> int:
+    """Save a full-page PNG and return how many charts it shows (waiting for at least ``min_charts``).
 
     Streamlit scrolls inside its main element, and draws charts only once they are in view, so the viewport
     is stretched to the page's height first.
@@ -130,11 +130,15 @@ def screenshot(page, name: str) -> int:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     height = page.evaluate("() => document.querySelector('[data-testid=stMain]').scrollHeight")
     page.set_viewport_size({"width": WIDTH, "height": max(900, height)})
+    charts = page.locator('[data-testid="stPlotlyChart"]')
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while charts.count() < min_charts and time.monotonic() < deadline:
+        page.wait_for_timeout(250)
     page.wait_for_timeout(700)  # Plotly redraws for the new size
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
-    charts = page.locator('[data-testid="stPlotlyChart"]').count()
+    shown = charts.count()
     page.set_viewport_size({"width": WIDTH, "height": 900})
-    return charts
+    return shown
 
 
 def test_every_page_in_a_browser(page, served):
@@ -147,19 +151,18 @@ def test_every_page_in_a_browser(page, served):
 
     visit(page, f"{app_url}/dataset", "Dataset")
     assert page.locator('[data-testid="stMetricValue"]').first.inner_text() == "549"
-    charts = screenshot(page, "dataset")
-    assert charts >= 8
+    assert screenshot(page, "dataset", min_charts=8) >= 8
 
     visit(page, f"{app_url}/leakage", "Patient leakage")
     assert page.get_by_text("No leakage").is_visible()
     screenshot(page, "leakage")
 
     visit(page, f"{app_url}/balance", "Class balance")
-    assert screenshot(page, "balance") == 2
+    assert screenshot(page, "balance", min_charts=2) == 2
 
     visit(page, f"{app_url}/performance", "Model performance")
     if runs.find_evaluations(folder):
-        assert screenshot(page, "performance") >= 1
+        assert screenshot(page, "performance", min_charts=1) >= 1
     else:  # a demo model committed without its evaluation: the page says how to make one
         assert page.get_by_text("python -m pipeline evaluate", exact=False).first.is_visible()
         screenshot(page, "performance")
@@ -174,7 +177,7 @@ def test_predict_upload_and_corrupt_file(page, served, tmp_path):
     uploader.set_input_files(str(TEST_DATA / "00000001_000.png"))
     page.get_by_text("1024 x 1024 px", exact=False).wait_for()
     settle(page)
-    assert page.get_by_text("Probability of each finding").is_visible()
+    assert page.get_by_text("Probability of each finding").first.is_visible()
     assert page.locator('[data-testid="stImage"] img').count() == 2  # the original and the Grad-CAM overlay
     assert page.get_by_text("Grad-CAM:", exact=False).is_visible()
     screenshot(page, "predict")

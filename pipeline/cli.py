@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--valid-labels", type=Path, help="validation labels: predict them too, thresholds by Youden's J (--checkpoint)"
     )
     thresholds.add_argument("--thresholds", type=Path, help="JSON {finding: threshold}")
+    p.add_argument(
+        "--target-sensitivity", type=float, metavar="F", help="thresholds reaching this sensitivity on validation"
+    )
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_evaluate)

@@ -382,6 +382,11 @@ def evaluate_from_args(args: argparse.Namespace) -> None:
         )
     if args.bootstrap < 0:
         raise InputError(f"--bootstrap must be 0 (no intervals) or more, got {args.bootstrap}")
+    target = args.target_sensitivity
+    if target is not None and not (0 < target <= 1 and (args.valid_predictions or args.valid_labels)):
+        raise InputError(
+            f"--target-sensitivity {target}: give a share in (0, 1] together with --valid-predictions or --valid-labels"
+        )
     # Every input is read and checked before the (slow) predictions.
     thresholds = read_thresholds(args.thresholds) if args.thresholds is not None else None
     valid = _validation_folder(Path(args.valid_predictions)) if args.valid_predictions is not None else None
@@ -411,9 +416,12 @@ def evaluate_from_args(args: argparse.Namespace) -> None:
         notes.append(f"thresholds read from {Path(args.thresholds).name}")
     elif valid is not None:
         valid_labels, valid_predictions, valid_name = valid
-        thresholds, threshold_notes = thresholds_from_validation(valid_labels, valid_predictions)
-        source = "validation_youden"
-        notes += [f"thresholds maximise Youden's J on {valid_name} ({len(valid_labels)} images)", *threshold_notes]
+        thresholds, threshold_notes = thresholds_from_validation(valid_labels, valid_predictions, target)
+        if target is None:
+            source, rule = "validation_youden", "maximise Youden's J"
+        else:
+            source, rule = f"validation_sensitivity_{target:g}", f"reach sensitivity {target:g}"
+        notes += [f"thresholds {rule} on {valid_name} ({len(valid_labels)} images)", *threshold_notes]
     else:
         source = "default_0.5"
 

@@ -218,6 +218,27 @@ def test_thresholds_chosen_on_a_validation_evaluation(tmp_path, capsys):
         assert summary["at_threshold"]["Effusion"] == expected
 
 
+def test_thresholds_for_a_target_sensitivity(tmp_path, capsys):
+    valid_predictions = write_predictions(VALID_LABELS, tmp_path / "valid.csv", seed=5)
+    valid_out = tmp_path / "eval-valid"
+    argv = ["evaluate", "--predictions", valid_predictions, "--labels", VALID_LABELS, "--out", valid_out]
+    assert run_main(capsys, *argv, "--bootstrap", "0")[0] == 0
+    out = tmp_path / "eval-test"
+    argv = ["evaluate", "--predictions", write_predictions(TEST_LABELS, tmp_path / "test.csv"), "--labels",
+            TEST_LABELS, "--out", out, "--valid-predictions", valid_out, "--bootstrap", "0"]
+    assert run_main(capsys, *argv, "--target-sensitivity", "0.9")[0] == 0
+    summary = strict_json(out / "metrics.json")
+    assert summary["threshold_source"] == "validation_sensitivity_0.9"
+    labels, scores = pd.read_csv(VALID_LABELS), pd.read_csv(valid_predictions)
+    for finding in FINDINGS:
+        expected = metrics.choose_threshold(labels[finding], scores[finding], target_sensitivity=0.9)
+        assert summary["thresholds"][finding] == expected
+        chosen = scores[finding] >= expected
+        assert chosen[labels[finding] == 1].mean() >= 0.9  # reached on the validation set
+    code, _, err = run_main(capsys, *argv, "--target-sensitivity", "1.5")
+    assert_one_line_error(code, err, "--target-sensitivity")
+
+
 def test_validation_predictions_need_their_labels(tmp_path, capsys):
     lone = write_predictions(VALID_LABELS, tmp_path / "valid.csv")
     predictions = write_predictions(TEST_LABELS, tmp_path / "test.csv")

@@ -176,9 +176,11 @@ def test_predict_upload_and_corrupt_file(page, served, tmp_path):
 
     uploader.set_input_files(str(TEST_DATA / "00000001_000.png"))
     page.get_by_text("1024 x 1024 px", exact=False).wait_for()
+    images = page.locator('[data-testid="stImage"] img')
+    images.nth(1).wait_for()  # the Grad-CAM overlay is drawn after the probabilities
     settle(page)
     assert page.get_by_text("Probability of each finding").first.is_visible()
-    assert page.locator('[data-testid="stImage"] img').count() == 2  # the original and the Grad-CAM overlay
+    assert images.count() == 2  # the original and the Grad-CAM overlay
     assert page.get_by_text("Grad-CAM:", exact=False).is_visible()
     screenshot(page, "predict")
 
@@ -193,6 +195,7 @@ def test_predict_upload_and_corrupt_file(page, served, tmp_path):
 
     uploader.set_input_files(str(TEST_DATA / "00000100_000.png"))  # the RGBA original: the page still works
     page.get_by_text("Image 00000100_000.png", exact=False).wait_for()
+    images.nth(1).wait_for()
     settle(page)
     assert error.count() == 0
-    assert page.locator('[data-testid="stImage"] img').count() == 2
+    assert images.count() == 2

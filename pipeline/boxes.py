@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.cli import NIH_DIR
-from pipeline.errors import InputError
+from pipeline.errors import InputError, reason
 from pipeline.findings import FINDINGS
 
 BBOX_LIST = NIH_DIR / "metadata" / "BBox_List_2017.csv.gz"
@@ -40,8 +40,7 @@ def load_boxes(path: str | Path = BBOX_LIST) -> pd.DataFrame:
     try:
         raw = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, EOFError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{path.name}: cannot be read as CSV ({reason}); give the NIH box list") from None
+        raise InputError(f"{path.name}: cannot be read as CSV ({reason(exc)}); give the NIH box list") from None
     if raw.shape[1] < 6 or raw.columns[0] != "Image Index":
         raise InputError(f"{path.name}: expected 'Image Index', 'Finding Label' and four box numbers per row")
     boxes = raw.iloc[:, :6].copy()

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, reason
 from pipeline.files import write_csv_atomic
 from pipeline.findings import FINDINGS, NO_FINDING
 
@@ -72,8 +72,7 @@ def read_csv(path: Path) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise InputError(f"{path.name}: the file is empty; give a CSV with a header row") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{path.name}: cannot be read as CSV ({reason}); give a plain or gzipped CSV") from None
+        raise InputError(f"{path.name}: cannot be read as CSV ({reason(exc)}); give a plain or gzipped CSV") from None
 
 
 def _require(raw: pd.DataFrame, columns: tuple[str, ...] | list[str], name: str, kind: str) -> None:
@@ -211,8 +210,7 @@ def load_labels_bytes(content: bytes, name: str) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise InputError(f"{name}: the file is empty; give a CSV with a header row") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{name}: cannot be read as CSV ({reason}); give a plain or gzipped CSV") from None
+        raise InputError(f"{name}: cannot be read as CSV ({reason(exc)}); give a plain or gzipped CSV") from None
     try:
         return load_labels(raw)
     except InputError as exc:  # load_labels calls a DataFrame "table"; say which file it was

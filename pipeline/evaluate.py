@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import data, metrics
-from pipeline.errors import InputError
+from pipeline.errors import InputError, reason
 from pipeline.files import sha256_of, write_csv_atomic, write_json_atomic
 from pipeline.findings import FINDINGS
 
@@ -119,7 +119,7 @@ def read_thresholds(path: str | Path) -> dict[str, float]:
     except FileNotFoundError:
         raise InputError(f"{path}: file not found; {hint}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path.name}: not readable JSON ({str(exc).splitlines()[0]}); {hint}") from None
+        raise InputError(f"{path.name}: not readable JSON ({reason(exc)}); {hint}") from None
     if isinstance(content, dict) and isinstance(content.get("thresholds"), dict):
         content = content["thresholds"]
     if not isinstance(content, dict):
@@ -324,7 +324,7 @@ def predict_table(model: Any, labels: pd.DataFrame, images_dir: str | Path) -> t
     result = predict.predict_paths(model, paths)
     table = pd.DataFrame(result.probabilities.astype(np.float64), columns=names)[list(FINDINGS)]
     table.insert(0, "Image", [image_of[path] for path in result.paths])
-    return table, {image_of[path]: reason for path, reason in result.errors.items()}
+    return table, {image_of[path]: why for path, why in result.errors.items()}
 
 
 # --- files -----------------------------------------------------------------------------------------------------
@@ -363,7 +363,7 @@ def load_eval(eval_dir: str | Path) -> dict[str, Any]:
     try:
         content = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: unreadable ({str(exc).splitlines()[0]}); run the evaluation again") from None
+        raise InputError(f"{path}: unreadable ({reason(exc)}); run the evaluation again") from None
     frames = {}
     for key, name in (("roc", ROC), ("pr", PR), ("calibration", CALIBRATION)):
         if not (folder / name).is_file():
@@ -402,8 +402,8 @@ def evaluate_from_args(args: argparse.Namespace) -> None:
         model = model_lib.load(args.checkpoint)
         labels, predictions, skipped = _predict_readable(model, labels, args.images, Path(args.labels).name)
         if skipped:
-            image, reason = next(iter(skipped.items()))
-            notes.append(f"{len(skipped)} unreadable images left out, e.g. {image}: {reason}")
+            image, why = next(iter(skipped.items()))
+            notes.append(f"{len(skipped)} unreadable images left out, e.g. {image}: {why}")
         if valid_labels is not None:
             name = Path(args.valid_labels).name
             valid = (*_predict_readable(model, valid_labels, args.images, name)[:2], name)
@@ -455,10 +455,10 @@ def _predict_readable(
     predictions, skipped = predict_table(model, labels, images_dir)
     if not skipped:
         return labels, predictions, skipped
-    reason = next(iter(skipped.values()))
+    why = next(iter(skipped.values()))
     if len(skipped) == len(labels):
-        raise InputError(f"{name}: none of the {len(labels)} images could be read ({reason})")
-    print(f"warning: {name}: {len(skipped)} images could not be read and are left out ({reason})", file=sys.stderr)
+        raise InputError(f"{name}: none of the {len(labels)} images could be read ({why})")
+    print(f"warning: {name}: {len(skipped)} images could not be read and are left out ({why})", file=sys.stderr)
     return labels[~labels["Image"].isin(list(skipped))].reset_index(drop=True), predictions, skipped
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.cli import REPO_ROOT
-from pipeline.errors import InputError
+from pipeline.errors import InputError, reason
 
 ENV_VAR = "CHESTXRAY_ARTIFACTS"  # overrides the default artifacts folder (tests point it at a temporary one)
 DEFAULT_ARTIFACTS = REPO_ROOT / "artifacts"
@@ -94,8 +94,7 @@ def read_history(run_dir: str | Path) -> pd.DataFrame | None:
     try:
         history = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{path}: cannot be read as CSV ({reason}); the run may still be writing it") from None
+        raise InputError(f"{path}: cannot be read as CSV ({reason(exc)}); the run may still be writing it") from None
     if "epoch" not in history.columns:
         raise InputError(f"{path}: no 'epoch' column; expected the history.csv written by `python -m pipeline train`")
     return history
@@ -108,7 +107,7 @@ def _read_json(path: Path, missing: dict) -> dict:
         with open(path) as handle:
             value = json.load(handle)
     except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-        raise InputError(f"{path}: not valid JSON ({str(exc).splitlines()[0]}); rewrite or delete it") from None
+        raise InputError(f"{path}: not valid JSON ({reason(exc)}); rewrite or delete it") from None
     if not isinstance(value, dict):
         raise InputError(f"{path}: expected a JSON object, got {type(value).__name__}")
     return value

@@ -77,6 +77,14 @@ def _start(command: list[str], log: Path) -> subprocess.Popen:
         )
 
 
+def _resume(train_csv: Path, valid_csv: Path, out: Path, log) -> pd.DataFrame:
+    """Continue the test run in ``out`` in this process, with the settings it was started with."""
+    return train.train(
+        train_csv, valid_csv, IMAGES, out, image_size=SMALL_SIZE, epochs=EPOCHS, batch_size=BATCH, weights="none",
+        resume=True, log=log,
+    )
+
+
 @pytest.fixture(scope="module")
 def run(split, tmp_path_factory) -> dict:
     """A run killed with SIGKILL during epoch 2, what it left, its completion by ``resume=True``, and the same
@@ -102,18 +110,7 @@ def run(split, tmp_path_factory) -> dict:
     }
     lines: list[str] = []
     try:
-        history = train.train(
-            train_csv,
-            valid_csv,
-            IMAGES,
-            out,
-            image_size=SMALL_SIZE,
-            epochs=EPOCHS,
-            batch_size=BATCH,
-            weights="none",
-            resume=True,
-            log=lines.append,
-        )
+        history = _resume(train_csv, valid_csv, out, lines.append)
         straight.wait(timeout=START_TIMEOUT_S)
     finally:
         straight.kill()
@@ -249,18 +246,7 @@ def test_resume_refuses_other_data_or_settings(run, tmp_path):
 def test_resuming_a_complete_run_trains_nothing(run):
     before = (run["out"] / train.STATE).read_bytes()
     lines: list[str] = []
-    history = train.train(
-        run["train_csv"],
-        run["valid_csv"],
-        IMAGES,
-        run["out"],
-        image_size=SMALL_SIZE,
-        epochs=EPOCHS,
-        batch_size=BATCH,
-        weights="none",
-        resume=True,
-        log=lines.append,
-    )
+    history = _resume(run["train_csv"], run["valid_csv"], run["out"], lines.append)
     assert list(history["epoch"]) == list(range(1, EPOCHS + 1))
     assert (run["out"] / train.STATE).read_bytes() == before
     assert "already complete" in lines[-1]

@@ -66,6 +66,21 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from pipeline import prepare
+
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    manifest = prepare.prepare(args.labels, args.images, args.out, args.image_size, workers=args.workers, log=log)
+    refused, shards = manifest["n_refused"], len(manifest["shards"])
+    print(
+        f"{args.out}: {manifest['n_images']:,} images at {manifest['image_size']} px in {shards} shards"
+        + (f"; {refused:,} refused (listed in {prepare.MANIFEST})" if refused else "")
+    )
+    for image, why in list(manifest["refused"].items())[:5]:
+        print(f"  refused {image}: {why}", file=sys.stderr)
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from pipeline import train
 
@@ -128,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_audit)
+
+    p = commands.add_parser("prepare", help="decode a label file's images once into TFRecord shards for training")
+    p.add_argument("--labels", required=True, type=Path, help="NIH Data_Entry CSV (.csv or .csv.gz) or course CSV")
+    p.add_argument("--images", required=True, type=Path, help="folder holding the listed images")
+    p.add_argument("--out", required=True, type=Path, help="the prepared folder (new, or one to continue)")
+    p.add_argument("--image-size", required=True, type=int, help="side in pixels of the stored images, e.g. 224")
+    p.add_argument("--workers", type=int, help="decoding processes (default: one per CPU core)")
+    p.set_defaults(func=_cmd_prepare)
 
     p = commands.add_parser("train", help="train a DenseNet121 on a label file")
     p.add_argument("--train", required=True, type=Path)

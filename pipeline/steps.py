@@ -46,7 +46,8 @@ def make_train_step(
     global_batch_size
         The nominal global batch (all replicas together); checked, the actual count of each batch is used.
     jit_compile
-        Compile each replica's step with XLA.
+        Compile the step with XLA; one replica only (refused with several, as Keras's ``fit`` turns XLA off
+        under tf.distribute: XLA on two logical CPU devices read a variable from the other replica's device).
 
     Returns
     -------
@@ -57,6 +58,12 @@ def make_train_step(
         raise InputError(
             f"batch size {global_batch_size} is smaller than the {strategy.num_replicas_in_sync} replicas; "
             "use a global batch of at least one image per replica"
+        )
+    if jit_compile and strategy.num_replicas_in_sync > 1:
+        # XLA read a replica's variable from another device here; Keras's fit turns XLA off under tf.distribute too.
+        raise InputError(
+            f"--jit-compile works on one device only, not with {strategy.num_replicas_in_sync} replicas; "
+            "drop --jit-compile or use --strategy one"
         )
     mixed = keras.mixed_precision.global_policy().name == "mixed_float16"
     scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
@@ -120,6 +127,11 @@ def train_epoch(
     from the total example count of the split, ``steps = ceil(total / global_batch_size)``, identically on
     every worker, and let each worker's dataset ``.repeat()`` so that a worker with fewer examples never
     runs out first. Each call takes a fresh iterator unless given one.
+
+    A short last batch is weighted by its actual size, but with several replicas it must still give every
+    replica at least one example: an empty replica batch fails in the convolutions (seen on CPU with a dataset
+    function whose last batch went to one replica). Repeating the data with a fixed ``steps``, or
+    ``drop_remainder=True``, avoids short batches altogether.
     """
     if steps < 1:
         raise InputError(f"steps per epoch must be at least 1, got {steps}")
@@ -131,7 +143,13 @@ def train_epoch(
     loss_sum = 0.0
     examples = 0.0
     for index in range(steps):
-        mean, count = step(iterator)
+        try:
+            mean, count = step(iterator)
+        except tf.errors.OutOfRangeError:
+            raise InputError(
+                f"the training data ran out after {index} of {steps} steps; repeat the dataset (.repeat()) "
+                "or compute steps from the number of examples"
+            ) from None
         count = float(count)
         loss_sum += float(mean) * count
         examples += count

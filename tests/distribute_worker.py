@@ -39,6 +39,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pipeline import losses, steps  # noqa: E402
+from pipeline.errors import InputError  # noqa: E402
 from pipeline.model import save  # noqa: E402
 
 SIZE = 64
@@ -113,12 +114,15 @@ def multi_worker(report: Path, run_dir: Path) -> None:
     loaded = [w.numpy() for w in model.weights]
     distribute.broadcast_from_chief(STRATEGY, model.weights + optimizer.variables)
     resumed = [w.numpy() for w in model.weights + optimizer.variables]
+    # The input path of prepared shards: each worker builds its own pipeline from a dataset function.
+    _, fn_running = train(STRATEGY, tiny_model, images, labels, per_replica=True, steps_per_epoch=2)
     np.savez(
         report,
         running=np.array(running),
         epoch_loss=epoch_loss,
         numbers=np.array(numbers),
         validation=validation,
+        fn_running=np.array(fn_running),
         iterations=int(optimizer.iterations.numpy()),  # 3 + 1 steps, then back to the checkpoint's 3
         **{f"initial_{i}": w for i, w in enumerate(initial)},
         **{f"broadcast_{i}": w for i, w in enumerate(broadcast)},
@@ -128,8 +132,20 @@ def multi_worker(report: Path, run_dir: Path) -> None:
     )
 
 
-def train(strategy: tf.distribute.Strategy, model_fn, images, labels, epochs: int = 1, jit_compile: bool = False):
-    """Train a fresh ``model_fn()`` (seed 1) under ``strategy``: the model and the per-step running losses."""
+def train(
+    strategy: tf.distribute.Strategy,
+    model_fn,
+    images,
+    labels,
+    epochs: int = 1,
+    jit_compile: bool = False,
+    per_replica: bool = False,
+    steps_per_epoch: int = 3,
+):
+    """Train a fresh ``model_fn()`` (seed 1) under ``strategy``: the model and the per-step running losses.
+
+    ``per_replica``: give `steps.train_epoch` a dataset function batching per replica instead of a dataset.
+    """
     keras.utils.set_random_seed(1)
     with strategy.scope():
         model = model_fn()
@@ -137,9 +153,17 @@ def train(strategy: tf.distribute.Strategy, model_fn, images, labels, epochs: in
     loss = losses.WeightedBinaryCrossentropy(*losses.class_weights(labels))
     step = steps.make_train_step(strategy, model, loss, optimizer, GLOBAL_BATCH, jit_compile=jit_compile)
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(GLOBAL_BATCH)
+    if per_replica:
+
+        def dataset(context: tf.distribute.InputContext) -> tf.data.Dataset:
+            batch = context.get_per_replica_batch_size(GLOBAL_BATCH)
+            # Worker i takes every n-th per-replica batch: global batch k is the same 8 images as one process's.
+            batches = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch)
+            return batches.shard(context.num_input_pipelines, context.input_pipeline_id)
+
     running: list[float] = []
     for _ in range(epochs):
-        steps.train_epoch(strategy, step, dataset, 3, on_step=lambda i, value: running.append(value))
+        steps.train_epoch(strategy, step, dataset, steps_per_epoch, on_step=lambda i, value: running.append(value))
     return model, running
 
 
@@ -160,6 +184,13 @@ def mirrored(report: Path) -> None:
     one, one_running = train(tf.distribute.get_strategy(), tiny_model, images, labels, epochs=2)
     two, two_running = train(strategy, tiny_model, images, labels, epochs=2)
     _, jit_running = train(tf.distribute.get_strategy(), tiny_model, images, labels, epochs=2, jit_compile=True)
+    try:
+        train(strategy, tiny_model, images, labels, jit_compile=True)
+        jit_refused = ""
+    except InputError as error:
+        jit_refused = str(error)
+    # Two steps: the third would give replica 1 an empty batch (the 5th batch of 4 goes to replica 0 alone).
+    _, fn_running = train(strategy, tiny_model, images, labels, per_replica=True, steps_per_epoch=2)
     bn, _ = train(strategy, bn_model, images, labels)
     stats = [w for w in bn.non_trainable_weights if "moving" in w.path]
     before = [np.stack([c.numpy() for c in w.value.values]) for w in stats]
@@ -171,6 +202,8 @@ def mirrored(report: Path) -> None:
         one_running=one_running,
         two_running=two_running,
         jit_running=jit_running,
+        jit_refused=jit_refused,
+        fn_running=fn_running,
         weight_diff=max(float(np.abs(a - b).max()) for a, b in zip(one.get_weights(), two.get_weights(), strict=True)),
         **{f"before_{i}": w for i, w in enumerate(before)},
         **{f"after_{i}": w for i, w in enumerate(after)},

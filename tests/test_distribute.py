@@ -121,6 +121,12 @@ def test_first_epoch_loss_matches_a_single_process_run(multi_worker):
         np.testing.assert_allclose(mine, reference, rtol=RTOL, atol=1e-6)
 
 
+def test_workers_reading_their_own_share_through_a_dataset_function_match_a_single_process(multi_worker):
+    reports, _ = multi_worker
+    np.testing.assert_array_equal(reports["chief"]["fn_running"], reports["worker1"]["fn_running"])
+    np.testing.assert_allclose(reports["chief"]["fn_running"], reports["single"]["running"][:2], rtol=RTOL)
+
+
 def test_only_the_chief_writes_and_the_save_does_not_block_the_other_worker(multi_worker):
     # The chief saved (and validated) alone while worker 1 already waited in the next collective, and
     # both went on to train and broadcast: a hang would have failed the fixture.
@@ -167,6 +173,12 @@ def test_mirrored_over_two_cpu_devices_matches_the_default_strategy(mirrored):
 
 def test_jit_compiled_step_matches_the_plain_step(mirrored):
     np.testing.assert_allclose(mirrored["jit_running"], mirrored["one_running"], rtol=RTOL)
+    assert "one device only" in str(mirrored["jit_refused"])
+
+
+def test_a_per_replica_dataset_function_trains_like_the_global_batch(mirrored):
+    # One input pipeline batching 4 per replica: replica 0 and 1 take consecutive batches, the same 8 images.
+    np.testing.assert_allclose(mirrored["fn_running"], mirrored["one_running"][:2], rtol=RTOL)
 
 
 def test_average_over_replicas_reconciles_batch_norm_statistics(mirrored):
@@ -281,5 +293,7 @@ def test_train_epoch_weights_a_short_last_batch_by_its_images():
     expected = float(np.mean(keras.losses.binary_crossentropy(y, model(x)).numpy()))
     assert epoch == pytest.approx(expected, rel=1e-6)
     assert [i for i, _ in seen] == [0, 1, 2] and seen[-1][1] == pytest.approx(epoch)
+    with pytest.raises(InputError, match="ran out after 3 of 4 steps"):
+        steps.train_epoch(strategy, step, tf.data.Dataset.from_tensor_slices((x, y)).batch(4), 4)
     with pytest.raises(InputError, match="at least 1"):
         steps.train_epoch(strategy, step, tf.data.Dataset.from_tensor_slices((x, y)).batch(4), 0)

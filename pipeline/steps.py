@@ -140,8 +140,9 @@ def train_epoch(
     elif callable(dataset) and not hasattr(dataset, "__iter__"):
         dataset = strategy.distribute_datasets_from_function(dataset)
     iterator = dataset if hasattr(dataset, "get_next") else iter(dataset)
-    loss_sum = 0.0
-    examples = 0.0
+    sums: list[tf.Tensor] = []  # kept on the device; read back each step only for on_step
+    counts: list[tf.Tensor] = []
+    loss_sum = examples = 0.0
     for index in range(steps):
         try:
             mean, count = step(iterator)
@@ -150,11 +151,15 @@ def train_epoch(
                 f"the training data ran out after {index} of {steps} steps; repeat the dataset (.repeat()) "
                 "or compute steps from the number of examples"
             ) from None
-        count = float(count)
-        loss_sum += float(mean) * count
-        examples += count
-        if on_step is not None:
-            on_step(index, loss_sum / max(examples, 1.0))
+        if on_step is None:
+            sums.append(mean * count)
+            counts.append(count)
+            continue
+        loss_sum += float(mean) * float(count)
+        examples += float(count)
+        on_step(index, loss_sum / max(examples, 1.0))
+    if on_step is None:
+        loss_sum, examples = float(tf.add_n(sums)), float(tf.add_n(counts))
     return loss_sum / max(examples, 1.0)
 
 

@@ -122,6 +122,7 @@ def multi_worker(report: Path, run_dir: Path) -> None:
         epoch_loss=epoch_loss,
         numbers=np.array(numbers),
         validation=validation,
+        role=np.array([me.index, me.count, me.is_chief]),
         fn_running=np.array(fn_running),
         iterations=int(optimizer.iterations.numpy()),  # 3 + 1 steps, then back to the checkpoint's 3
         **{f"initial_{i}": w for i, w in enumerate(initial)},

@@ -105,6 +105,8 @@ def multi_worker(tmp_path_factory):
 def test_two_workers_report_the_same_losses_and_end_with_the_same_weights(multi_worker):
     reports, _ = multi_worker
     chief, other = reports["chief"], reports["worker1"]
+    assert chief["role"].tolist() == [0, 2, 1] and other["role"].tolist() == [1, 2, 0]
+    assert reports["single"]["role"].tolist() == [0, 1, 1]
     np.testing.assert_array_equal(chief["running"], other["running"])
     assert len(chief["running"]) == 3 and np.all(np.isfinite(chief["running"]))
     assert _max_diff(_weights(chief, "trained"), _weights(other, "trained")) == 0.0
@@ -286,12 +288,13 @@ def test_train_epoch_weights_a_short_last_batch_by_its_images():
     y = (np.arange(20).reshape(10, 2) % 3 == 0).astype("float32")
     loss = keras.losses.BinaryCrossentropy()
     step = steps.make_train_step(strategy, model, loss, keras.optimizers.SGD(0.0), 4)
+    quiet = steps.train_epoch(strategy, step, tf.data.Dataset.from_tensor_slices((x, y)).batch(4), 3)
     seen: list[tuple[int, float]] = []
     epoch = steps.train_epoch(
         strategy, step, tf.data.Dataset.from_tensor_slices((x, y)).batch(4), 3, lambda i, v: seen.append((i, v))
     )
     expected = float(np.mean(keras.losses.binary_crossentropy(y, model(x)).numpy()))
-    assert epoch == pytest.approx(expected, rel=1e-6)
+    assert epoch == pytest.approx(expected, rel=1e-6) and quiet == pytest.approx(expected, rel=1e-6)
     assert [i for i, _ in seen] == [0, 1, 2] and seen[-1][1] == pytest.approx(epoch)
     with pytest.raises(InputError, match="ran out after 3 of 4 steps"):
         steps.train_epoch(strategy, step, tf.data.Dataset.from_tensor_slices((x, y)).batch(4), 4)

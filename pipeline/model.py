@@ -84,8 +84,9 @@ def build(image_size: int = 320, weights: str | os.PathLike[str] = "none") -> ke
     if weights_file is not None:
         _load_backbone_weights(backbone, weights_file)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(backbone.output)
-    x = keras.layers.Dense(len(FINDINGS), activation="sigmoid", name=PREDICTIONS)(x)
-    outputs = FindingNames(FINDINGS, name="findings")(x)
+    # float32 head under any global policy: with mixed_float16 the sigmoid and the loss stay in float32.
+    x = keras.layers.Dense(len(FINDINGS), activation="sigmoid", name=PREDICTIONS, dtype="float32")(x)
+    outputs = FindingNames(FINDINGS, name="findings", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="densenet121_chestxray14")
 
 

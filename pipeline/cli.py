@@ -84,7 +84,26 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from pipeline import train
 
-    train.train_from_args(args)
+    train.train(
+        args.train,
+        args.valid,
+        args.images,
+        args.out,
+        image_size=args.image_size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weights=args.weights,
+        init_from=args.init_from,
+        loss=args.loss,
+        patience=args.patience,
+        seed=args.seed,
+        resume=args.resume,
+        strategy=args.strategy,
+        mixed_precision=args.mixed_precision,
+        jit_compile=args.jit_compile,
+        log=lambda line: print(line, flush=True),
+    )
     return 0
 
 
@@ -152,20 +171,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="decoding processes (default: one per CPU core)")
     p.set_defaults(func=_cmd_prepare)
 
-    p = commands.add_parser("train", help="train a DenseNet121 on a label file")
-    p.add_argument("--train", required=True, type=Path)
-    p.add_argument("--valid", required=True, type=Path)
-    p.add_argument("--images", required=True, type=Path)
+    p = commands.add_parser("train", help="train a DenseNet121 on a label file or a prepared folder")
+    p.add_argument("--train", required=True, type=Path, help="label file (with --images) or prepared folder")
+    p.add_argument("--valid", required=True, type=Path, help="label file (with --images) or prepared folder")
+    p.add_argument("--images", type=Path, help="image folder of the label files (not needed for prepared folders)")
     p.add_argument("--out", required=True, type=Path, help="run folder")
     p.add_argument("--image-size", type=int, default=320)
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="global batch, divided among all replicas")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--weights", default="imagenet", help="imagenet, none, or a path to a Keras weights file")
+    p.add_argument("--init-from", type=Path, metavar="CKPT", help="fine-tune from a .keras checkpoint of this project")
     p.add_argument("--loss", choices=["weighted", "plain"], default="weighted", help="class-weighted or plain BCE")
     p.add_argument("--patience", type=int, default=5, help="epochs without validation AUC gain before stopping")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the last complete epoch in --out")
+    p.add_argument(
+        "--strategy",
+        choices=["auto", "one", "mirrored", "multi-worker"],
+        default="auto",
+        help="auto: all GPUs of this machine when there are several; multi-worker: one process per machine, TF_CONFIG",
+    )
+    p.add_argument("--mixed-precision", action="store_true", help="float16 compute with loss scaling (GPUs)")
+    p.add_argument("--jit-compile", action="store_true", help="compile the training step with XLA (one device)")
     p.set_defaults(func=_cmd_train)
 
     p = commands.add_parser("predict", help="14 probabilities (and Grad-CAM overlays) per image")

@@ -15,6 +15,20 @@ from keras import ops
 
 from pipeline.errors import InputError
 
+LOSSES = ("weighted", "plain")
+
+
+def make_loss(kind: str, labels: Any) -> keras.losses.Loss:
+    """The training loss: class-weighted BCE with weights from ``labels`` (``"weighted"``), or plain BCE.
+
+    ``labels`` is what `class_weights` takes: the training label matrix or canonical table.
+    """
+    if kind == "weighted":
+        return WeightedBinaryCrossentropy(*class_weights(labels))
+    if kind == "plain":
+        return keras.losses.BinaryCrossentropy()
+    raise InputError(f"loss {kind!r}: unknown loss; use one of {', '.join(LOSSES)}")
+
 
 def class_weights(labels: Any) -> tuple[np.ndarray, np.ndarray]:
     """``(pos_weights, neg_weights) = (freq_neg, freq_pos)`` of an (images x findings) 0/1 label matrix.

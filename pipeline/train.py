@@ -1,41 +1,26 @@
-"""Train the DenseNet121 on a label file: tf.data input, class-weighted loss, validation AUC, resumable runs.
+"""Train the DenseNet121: the loop over epochs, on one device, all GPUs of a machine, or several machines.
 
-A run folder holds::
+One loop serves every `pipeline.distribute` strategy: data from `pipeline.datasets` (an image folder or a
+prepared folder, each worker reading its own shards), steps from `pipeline.steps` (a custom step under
+``strategy.run``, since Keras's ``fit`` fails under MultiWorkerMirroredStrategy), and the run folder of
+`pipeline.runstate`. ``batch_size`` is the global batch, divided among the replicas.
 
-    RUN_DIR/config.json                  every setting, library versions, SHA-256 of both CSVs, sizes, frequencies
-            history.csv                  one row per complete epoch: losses, mean and per-finding validation AUC
-            state.json                   what --resume needs: last complete epoch, best AUC, learning rate, counters
-            best.keras                   the model of the best validation mean AUC, without optimizer state
-            checkpoints/epoch-NNN.keras  the last two epochs, each with its optimizer state
+Only the chief (worker 0) reads and writes the run folder: it loads weights (resume, ``init_from``,
+ImageNet), validates after each epoch and decides what comes next; `pipeline.distribute` broadcasts its
+weights and decisions, so the other workers need the data but never the run folder.
 
-Input pipeline. Images are decoded by `pipeline.imaging` (the same code as the CLI and the app, wrapped in
-`tf.numpy_function`), in parallel, once: the decoded images are cached in memory. Each epoch then shuffles
-them and applies light augmentation suited to chest X-rays: rotation up to 6 degrees, shifts up to 5 %,
-zoom up to 10 %, contrast up to 10 %. There are no horizontal flips: the anatomy is lateralised (the heart
-lies on the left, and dextrocardia is itself a finding), so a flipped film is not a plausible X-ray. The
-augmentation lives in the input pipeline, not in the model, so checkpoints hold only what inference needs.
-
-Randomness. ``keras.utils.set_random_seed(seed)`` fixes the initial weights, and every epoch's shuffle
-and augmentation are seeded from ``(seed, epoch)``, so the epoch number is the whole random state a
-resumed run needs, and it sees the same images in the same order as an uninterrupted one.
-
-Crash safety. Every file is written under a temporary name and renamed into place. After each epoch the
-order is: checkpoint, ``state.json``, ``best.keras``, ``history.csv``. The state only ever points to a
-checkpoint that is complete, and whatever comes after it is rebuilt from the state by ``--resume``, so a
-run killed at any moment resumes from its last complete epoch with nothing lost or repeated.
+Randomness. ``keras.utils.set_random_seed(seed)`` fixes the initial weights, and each epoch's shuffle and
+augmentation come from ``(seed, epoch)``, so a resumed run sees the same images in the same order as an
+uninterrupted one.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,65 +29,21 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from pipeline import data, imaging, metrics
+from pipeline import data, datasets, distribute, metrics, runstate, steps
 from pipeline import model as model_lib
 from pipeline.errors import InputError
-from pipeline.files import sha256_of, write_csv_atomic, write_json_atomic
+from pipeline.files import sha256_of
 from pipeline.findings import FINDINGS
-from pipeline.losses import WeightedBinaryCrossentropy, class_weights
+from pipeline.losses import class_weights, make_loss
+from pipeline.progress import ProgressBar
 
-CONFIG = "config.json"
-STATE = "state.json"
-HISTORY = "history.csv"
-BEST = "best.keras"
-CHECKPOINTS = "checkpoints"
-KEEP_CHECKPOINTS = 2
-
-LR_FACTOR = 0.5  # learning rate reduction on a validation AUC plateau ...
-LR_PLATEAU_EPOCHS = 2  # ... of this many epochs
-
-ROTATION_DEGREES = 6.0
-SHIFT = 0.05
-ZOOM = 0.10
-CONTRAST = 0.10
-
-HISTORY_COLUMNS = [
-    "epoch",
-    "loss",
-    "val_loss",
-    "val_mean_auc",
-    "lr",
-    "seconds",
-    *(f"val_auc_{finding}" for finding in FINDINGS),
-]
-# Settings a resumed run must share with the run it continues; --epochs and --patience may change.
-RESUME_SETTINGS = ("image_size", "batch_size", "lr", "weights", "loss", "seed")
-
-
-def train_from_args(args: argparse.Namespace) -> pd.DataFrame:
-    """Run `train` with the options of ``python -m pipeline train``."""
-    return train(
-        args.train,
-        args.valid,
-        args.images,
-        args.out,
-        image_size=args.image_size,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weights=args.weights,
-        loss=args.loss,
-        patience=args.patience,
-        seed=args.seed,
-        resume=args.resume,
-        log=lambda line: print(line, flush=True),
-    )
+VALID_BATCH = 64
 
 
 def train(
-    train_csv: str | os.PathLike[str],
-    valid_csv: str | os.PathLike[str],
-    images_dir: str | os.PathLike[str],
+    train_data: str | os.PathLike[str],
+    valid_data: str | os.PathLike[str],
+    images_dir: str | os.PathLike[str] | None,
     out_dir: str | os.PathLike[str],
     *,
     image_size: int = 320,
@@ -110,196 +51,284 @@ def train(
     batch_size: int = 16,
     lr: float = 1e-4,
     weights: str | os.PathLike[str] = "imagenet",
+    init_from: str | os.PathLike[str] | None = None,
     loss: str = "weighted",
     patience: int = 5,
     seed: int = 0,
     resume: bool = False,
+    strategy: str | tf.distribute.Strategy = "auto",
+    mixed_precision: bool = False,
+    jit_compile: bool = False,
     log: Callable[[str], Any] = print,
 ) -> pd.DataFrame:
-    """Train a DenseNet121 on ``train_csv``, validating on ``valid_csv`` after every epoch.
+    """Train a DenseNet121 on ``train_data``, validating on ``valid_data`` after every epoch.
 
     Parameters
     ----------
-    train_csv, valid_csv
-        Label files in either format `pipeline.data.load_labels` reads; every image must be in ``images_dir``.
+    train_data, valid_data
+        Label files (with ``images_dir``) or prepared folders (`pipeline.prepare`; ``images_dir`` unused).
     out_dir
-        The run folder (see the module docstring). It must not hold a run unless ``resume`` is true.
+        The run folder (`pipeline.runstate`). It must not hold a run unless ``resume`` is true.
     image_size, weights
         Input side in pixels and initial weights (``"imagenet"``, ``"none"`` or a path), as `pipeline.model.build`.
+    init_from
+        A ``.keras`` checkpoint of this project to start from (fine-tuning) instead of ``weights``; it must
+        take ``image_size`` images and predict the 14 findings.
     epochs, batch_size, lr
-        Number of epochs in all (a resumed run counts those already done), batch size, initial Adam learning rate.
+        Number of epochs in all (a resumed run counts those already done), global batch size, initial Adam
+        learning rate.
     loss
-        ``"weighted"``: `WeightedBinaryCrossentropy` with weights from the training labels; ``"plain"``: BCE.
+        ``"weighted"``: `pipeline.losses.WeightedBinaryCrossentropy` with weights from the training labels;
+        ``"plain"``: binary cross-entropy.
     patience
         Stop after this many epochs without a gain in validation mean AUC.
     resume
         Continue the run in ``out_dir`` from its last complete epoch, with the same data and settings.
+    strategy
+        A name of `pipeline.distribute.STRATEGIES` or a strategy; ``"multi-worker"`` reads ``TF_CONFIG``
+        and must be made before any other TensorFlow op of the process.
+    mixed_precision, jit_compile
+        Compute in float16 with loss scaling (the head and the saved ``best.keras`` stay float32); compile
+        the training step with XLA (one device).
     log
         Receives one line per event (a summary per epoch); a progress bar goes to stderr when it is a terminal.
 
     Returns
     -------
     pandas.DataFrame
-        The history, one row per epoch, as written to ``history.csv``.
+        The history, one row per epoch, as written to ``history.csv`` (on every worker).
     """
-    _check_options(image_size, epochs, batch_size, lr, loss, patience, seed)
+    _check_options(image_size, epochs, batch_size, lr, patience, seed)
+    if isinstance(strategy, str):
+        strategy = distribute.make_strategy(strategy)  # first: multi-worker must precede every other op
+    me = distribute.role(strategy)
+    replicas = strategy.num_replicas_in_sync
+    if batch_size % replicas:
+        raise InputError(f"batch size {batch_size} does not divide among {replicas} replicas; use a multiple of it")
     out = Path(out_dir)
-    _check_run_folder(out, resume)
+    if me.is_chief:
+        runstate.check_run_folder(out, resume)
 
-    train_table = data.load_labels(train_csv, images_dir)
-    valid_table = data.load_labels(valid_csv, images_dir)
-    y_valid = data.label_matrix(valid_table).astype(np.float32)
+    train_source = datasets.open_source(train_data, images_dir)
+    valid_source = datasets.open_source(valid_data, images_dir)
+    for source in (train_source, valid_source):
+        datasets.check_size(source, image_size)
+    y_valid = data.label_matrix(valid_source.table).astype(np.float32)
     if not any(metrics.has_both_classes(column) for column in y_valid.T):
         raise InputError(
-            f"{Path(valid_csv).name}: no finding has both positive and negative images, so validation AUC is "
+            f"{valid_source.name}: no finding has both positive and negative images, so validation AUC is "
             "undefined; use a larger validation set"
         )
-
+    steps_per_epoch = datasets.steps_per_epoch(train_source, batch_size, me.count)
+    if init_from is not None:
+        init_model = _init_checkpoint(init_from, image_size)
     settings = {
-        "train": os.fspath(train_csv),
-        "valid": os.fspath(valid_csv),
-        "images": os.fspath(images_dir),
+        "train": os.fspath(train_data),
+        "valid": os.fspath(valid_data),
+        "images": None if images_dir is None else os.fspath(images_dir),
         "image_size": image_size,
         "epochs": epochs,
         "batch_size": batch_size,
         "lr": lr,
-        "weights": os.fspath(weights),
+        "weights": "none" if init_from is not None else os.fspath(weights),
+        "init_from": None if init_from is None else {"path": os.fspath(init_from), "sha256": sha256_of(init_from)},
         "loss": loss,
         "patience": patience,
         "seed": seed,
+        "strategy": {"name": type(strategy).__name__, "replicas": replicas, "workers": me.count},
+        "mixed_precision": mixed_precision,
+        "jit_compile": jit_compile,
     }
-    config = run_config(settings, train_table, valid_table)
-    state = _start_or_resume(out, config, resume, log)
-    if state is not None and _finished(state, epochs, patience):
-        _write_history(out, state)
-        reason = f"all {epochs} epochs" if state["epoch"] >= epochs else f"early stop after {state['epoch']} epochs"
-        log(f"{out}: already complete ({reason}), nothing to resume")
-        return history_frame(state)
+    config = run_config(settings, train_source, valid_source)
+
+    state = None
+    if me.is_chief:
+        if resume:
+            state = runstate.read_for_resume(out, config, log)
+        else:
+            runstate.start(out, config)
+    # Every worker learns where the chief stands: the epoch to continue after and whether that is the end.
+    start = [state["epoch"] if state else 0, 1.0 if state and _finished(state, epochs, patience) else 0.0]
+    start = distribute.broadcast_numbers(strategy, start) if me.count > 1 else start
+    if start[1]:
+        if me.is_chief:
+            runstate.write_history(out, state)
+            done = f"all {epochs} epochs" if state["epoch"] >= epochs else f"early stop after {state['epoch']} epochs"
+            log(f"{out}: already complete ({done}), nothing to resume")
+            return runstate.history_frame(state)
+        return pd.DataFrame(columns=runstate.HISTORY_COLUMNS)
 
     keras.utils.set_random_seed(seed)
-    loss_fn = make_loss(loss, train_table)
-    if state is None:
-        net = model_lib.build(image_size, weights)
-        net.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss=loss_fn)
-        state = _initial_state(lr, seed)
-        log(f"new run in {out}: {len(train_table)} training and {len(valid_table)} validation images")
-    else:
-        net = _load_for_resume(out, state)
+    distribute.set_mixed_precision(mixed_precision)
+    loss_fn = make_loss(loss, train_source.table)
+    with strategy.scope():
+        net = model_lib.build(image_size, weights if me.is_chief and state is None and init_from is None else "none")
+        optimizer = keras.optimizers.Adam(learning_rate=lr)
+        if mixed_precision:
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(net.trainable_variables)
+        net.compile(optimizer=optimizer, loss=loss_fn)  # so that checkpoints carry the optimizer state
+    if me.is_chief and state is not None:
+        _load_checkpoint(out, state, net, optimizer)
         log(
             f"resuming {out} after epoch {state['epoch']} (optimizer step {state['optimizer_iterations']}, "
-            f"lr {state['lr']:.1e}, best val_mean_auc {_format_auc(state['best_auc'])})"
+            f"lr {state['lr']:.1e}, best val_mean_auc {runstate.format_auc(state['best_auc'])})"
         )
-    _write_history(out, state)  # brings a history.csv left behind by a crash back in line with the state
+    elif me.is_chief and init_from is not None:
+        net.set_weights(init_model.get_weights())
+        log(f"fine-tuning from {init_from}")
+    if me.count > 1:
+        distribute.broadcast_from_chief(strategy, [*net.weights, *optimizer.variables])
+    if me.is_chief:
+        if state is None:
+            state = runstate.initial_state(lr, seed)
+            log(
+                f"new run in {out}: {len(train_source):,} training and {len(valid_source):,} validation images, "
+                f"{replicas} replica{'s' if replicas > 1 else ''} on {me.count} worker{'s' if me.count > 1 else ''}"
+            )
+        elif runstate.best_needs_rewrite(state):
+            _save_best(model_lib.load(runstate.checkpoint_path(out, state["best_epoch"])), out)
+        runstate.write_history(out, state)  # brings a history.csv left behind by a crash back in line
+        _write_tensorboard(out, state)
+        datasets.fill_cache(valid_source, image_size)
+    datasets.fill_cache(train_source, image_size, me.index, me.count)
 
-    train_images = decoded_dataset(train_table, images_dir, image_size)
-    valid_images = decoded_dataset(valid_table, images_dir, image_size)
-    _fill_cache(train_images)
-    _fill_cache(valid_images)
-    valid_batches = valid_images.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    steps = math.ceil(len(train_table) / batch_size)
-
-    while not _finished(state, epochs, patience):
-        epoch = state["epoch"] + 1
-        net.optimizer.learning_rate = state["lr"]
+    step = steps.make_train_step(strategy, net, loss_fn, optimizer, batch_size, jit_compile=jit_compile)
+    predict = _predictor(net)
+    epoch, lr_now = int(start[0]), state["lr"] if state else lr
+    while True:
+        epoch += 1
+        optimizer.learning_rate.assign(lr_now)
         started = time.monotonic()
-
-        fit = net.fit(
-            training_batches(train_images, len(train_table), batch_size, _epoch_seed(seed, epoch)),
-            epochs=1,
-            shuffle=False,
-            verbose=0,
-            callbacks=[ProgressBar(f"epoch {epoch}/{epochs}", steps)],
+        bar = ProgressBar(f"epoch {epoch}/{epochs}", steps_per_epoch, unit="steps") if me.is_chief else None
+        on_step = None
+        if bar is not None and bar.enabled:
+            on_step = lambda i, loss, bar=bar: bar.update(i + 1, f"loss {loss:.3f}")  # noqa: E731
+        train_loss = steps.train_epoch(
+            strategy,
+            step,
+            _input_function(train_source, image_size, batch_size, steps_per_epoch, runstate.epoch_seed(seed, epoch)),
+            steps_per_epoch,
+            on_step=on_step,
         )
-        probabilities = net.predict(valid_batches, verbose=0)
-        if not np.isfinite(probabilities).all():
-            raise InputError(f"training diverged at epoch {epoch} (non-finite predictions); use a lower --lr")
-        val_loss = float(keras.ops.convert_to_numpy(loss_fn(y_valid, probabilities)))
-        mean_auc, finding_aucs = validation_auc(y_valid, probabilities)
+        if bar is not None:
+            bar.close()
+        if replicas > 1:  # BatchNormalization's moving statistics are per replica in a custom loop
+            distribute.average_over_replicas(strategy, net.non_trainable_weights)
 
-        row = {
-            "epoch": epoch,
-            "loss": float(fit.history["loss"][0]),
-            "val_loss": val_loss,
-            "val_mean_auc": mean_auc,
-            "lr": state["lr"],
-            "seconds": round(time.monotonic() - started, 2),
-            **{f"val_auc_{finding}": auc for finding, auc in zip(FINDINGS, finding_aucs, strict=True)},
-        }
-        previous_lr = state["lr"]
-        state = _commit_epoch(out, net, state, row)
+        decision = [0.0, 0.0]
+        if me.is_chief:
+            val_loss, mean_auc, finding_aucs = _validate(predict, valid_source, image_size, loss_fn, epoch)
+            row = {
+                "epoch": epoch,
+                "loss": train_loss,
+                "val_loss": val_loss,
+                "val_mean_auc": mean_auc,
+                "lr": lr_now,
+                "seconds": round(time.monotonic() - started, 2),
+                **{f"val_auc_{finding}": auc for finding, auc in zip(FINDINGS, finding_aucs, strict=True)},
+            }
+            state = _commit_epoch(out, net, state, row)
+            _log_epoch(log, epochs, row, state, lr_now)
+            decision = [state["lr"], 1.0 if _finished(state, epochs, patience) else 0.0]
+        if me.count > 1:
+            decision = distribute.broadcast_numbers(strategy, decision)
+        lr_now = decision[0]
+        if decision[1]:
+            break
 
-        log(
-            f"epoch {epoch}/{epochs}  loss {row['loss']:.3f}  val_loss {val_loss:.3f}  "
-            f"val_mean_auc {mean_auc:.3f}  lr {row['lr']:.1e}  best {state['best_auc']:.3f}  ({row['seconds']:.0f} s)"
-        )
-        if state["lr"] < previous_lr:
-            log(f"no val_mean_auc gain in {LR_PLATEAU_EPOCHS} epochs: learning rate {state['lr']:.1e}")
-
+    if not me.is_chief:
+        return pd.DataFrame(columns=runstate.HISTORY_COLUMNS)
     if state["epoch"] < epochs:
-        log(f"early stop: no val_mean_auc gain in {state['epochs_without_gain']} epochs (--patience {patience})")
+        log(f"early stop: no val_mean_auc gain in {state['epochs_without_gain']} epochs (patience {patience})")
     log(
-        f"done: {state['epoch']} epochs, best val_mean_auc {_format_auc(state['best_auc'])} "
-        f"at epoch {state['best_epoch']} -> {out / BEST}"
+        f"done: {state['epoch']} epochs, best val_mean_auc {runstate.format_auc(state['best_auc'])} "
+        f"at epoch {state['best_epoch']} -> {out / runstate.BEST}"
     )
-    return history_frame(state)
+    return runstate.history_frame(state)
 
 
-# --- loss, data, metrics -------------------------------------------------------------------------------------
+# --- one epoch -------------------------------------------------------------------------------------------------
 
 
-def make_loss(kind: str, train_table: pd.DataFrame) -> keras.losses.Loss:
-    """The training loss: class-weighted BCE with weights from ``train_table`` (``"weighted"``), or plain BCE."""
-    if kind == "weighted":
-        pos_weights, neg_weights = class_weights(train_table)
-        return WeightedBinaryCrossentropy(pos_weights, neg_weights)
-    if kind == "plain":
-        return keras.losses.BinaryCrossentropy()
-    raise InputError(f"--loss {kind}: unknown loss; use weighted or plain")
+def _input_function(
+    source: datasets.Source, image_size: int, batch_size: int, steps_per_epoch: int, seed: int
+) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
+    """Per input pipeline (one per worker): its shards, in per-replica batches, ``steps`` global steps' worth."""
+
+    def dataset(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        per_replica = context.get_per_replica_batch_size(batch_size)
+        local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
+        return datasets.training_batches(
+            source,
+            image_size,
+            per_replica,
+            steps_per_epoch * local_replicas,
+            seed,
+            worker=context.input_pipeline_id,
+            workers=context.num_input_pipelines,
+        )
+
+    return dataset
 
 
-def decoded_dataset(table: pd.DataFrame, images_dir: str | os.PathLike[str], image_size: int) -> tf.data.Dataset:
-    """``(uint8 image [size, size, 1], float32 labels [14])`` pairs, decoded in parallel and cached in memory.
+def _predictor(net: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
+    """The model in inference mode as one traced function (direct calls: no collectives, chief alone)."""
+    spec = tf.TensorSpec((None, *net.input_shape[1:]), tf.float32)
+    return tf.function(lambda x: tf.cast(net(x, training=False), tf.float32), input_signature=[spec])
 
-    Decoding goes through `pipeline.imaging`, so training sees exactly the pixels the CLI and the app see.
+
+def _validate(
+    predict: Callable[[tf.Tensor], tf.Tensor],
+    valid_source: datasets.Source,
+    image_size: int,
+    loss_fn: keras.losses.Loss,
+    epoch: int,
+) -> tuple[float, float, list[float | None]]:
+    """Validation loss, mean AUC and per-finding AUCs of the model (chief only)."""
+    probabilities, labels = [], []
+    for x, y in datasets.evaluation_batches(valid_source, image_size, VALID_BATCH):
+        probabilities.append(predict(x).numpy())
+        labels.append(y.numpy())
+    probabilities, y_valid = np.concatenate(probabilities), np.concatenate(labels)
+    if not np.isfinite(probabilities).all():
+        raise InputError(f"training diverged at epoch {epoch} (non-finite predictions); use a lower learning rate")
+    val_loss = float(keras.ops.convert_to_numpy(loss_fn(y_valid, probabilities)))
+    return (val_loss, *validation_auc(y_valid, probabilities))
+
+
+def _commit_epoch(out: Path, net: keras.Model, state: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    """Save an epoch in the one order that a kill at any moment leaves resumable; return the new state.
+
+    Checkpoint first, then the state that points to it, then what can be rebuilt from the two: best.keras,
+    history.csv and the TensorBoard logs. Last, checkpoints the state no longer needs are deleted.
     """
-    paths = [os.fspath(Path(images_dir) / name) for name in table["Image"]]
-    labels = data.label_matrix(table).astype(np.float32)
+    epoch = row["epoch"]
+    checkpoint = runstate.checkpoint_path(out, epoch)
+    model_lib.save(net, checkpoint)
+    state = runstate.next_state(state, row, checkpoint.relative_to(out).as_posix(), int(net.optimizer.iterations))
+    runstate.write_state(out, state)
+    if state["best_epoch"] == epoch:
+        _save_best(net, out)
+    runstate.write_history(out, state)
+    _write_tensorboard(out, state)
+    runstate.remove_old_checkpoints(out, epoch)
+    return state
 
-    def decode(path: bytes) -> np.ndarray:
-        return imaging.resize(imaging.load_image(path.decode()), image_size)[..., np.newaxis]
 
-    def decode_tf(path: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        image = tf.numpy_function(decode, [path], tf.uint8, stateful=False)
-        return tf.ensure_shape(image, (image_size, image_size, 1)), label
-
-    dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
-    return dataset.map(decode_tf, num_parallel_calls=tf.data.AUTOTUNE).cache()
+def _save_best(net: keras.Model, out: Path) -> None:
+    """``best.keras``: float32 whatever the training precision, without optimizer state."""
+    mixed = net.dtype_policy.name != "float32"
+    model_lib.save_for_inference(distribute.float32_copy(net) if mixed else net, out / runstate.BEST)
 
 
-def augmentation(seed: int) -> keras.Sequential:
-    """Random rotation, shift, zoom and contrast for batches of 0..255 grayscale X-rays (no flips)."""
-    # Black fill at the borders, as on a collimated film, rather than reflected anatomy.
-    return keras.Sequential(
-        [
-            keras.layers.RandomRotation(ROTATION_DEGREES / 360, fill_mode="constant", seed=seed),
-            keras.layers.RandomTranslation(SHIFT, SHIFT, fill_mode="constant", seed=seed + 1),
-            keras.layers.RandomZoom(ZOOM, fill_mode="constant", seed=seed + 2),
-            keras.layers.RandomContrast(CONTRAST, value_range=(0, 255), seed=seed + 3),
-        ],
-        name="augmentation",
+def _log_epoch(log: Callable[[str], Any], epochs: int, row: dict[str, Any], state: dict[str, Any], lr: float) -> None:
+    log(
+        f"epoch {row['epoch']}/{epochs}  loss {row['loss']:.3f}  val_loss {row['val_loss']:.3f}  "
+        f"val_mean_auc {row['val_mean_auc']:.3f}  lr {lr:.1e}  best {state['best_auc']:.3f}  ({row['seconds']:.0f} s)"
     )
-
-
-def training_batches(images: tf.data.Dataset, size: int, batch_size: int, seed: int) -> tf.data.Dataset:
-    """One epoch of shuffled, augmented float32 batches from `decoded_dataset`, all randomness from ``seed``."""
-    augment = augmentation(seed)
-
-    def augment_batch(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return augment(tf.cast(x, tf.float32), training=True), y
-
-    # The augmentation map runs on one thread: its layers draw from a seeded state batch after batch, so
-    # the epoch is reproducible. Decoding is cached, so this is a small share of the step time.
-    return images.shuffle(size, seed=seed).batch(batch_size).map(augment_batch).prefetch(tf.data.AUTOTUNE)
+    if state["lr"] < lr:
+        log(f"no val_mean_auc gain in {runstate.LR_PLATEAU_EPOCHS} epochs: learning rate {state['lr']:.1e}")
 
 
 def validation_auc(y_true: np.ndarray, probabilities: np.ndarray) -> tuple[float, list[float | None]]:
@@ -309,14 +338,50 @@ def validation_auc(y_true: np.ndarray, probabilities: np.ndarray) -> tuple[float
     return (float(np.mean(defined)) if defined else math.nan), aucs
 
 
-def history_frame(state: dict[str, Any]) -> pd.DataFrame:
-    """The state's history as a DataFrame in the column order of ``history.csv``."""
-    frame = pd.DataFrame(state["history"], columns=HISTORY_COLUMNS)
-    return frame.astype({column: float for column in HISTORY_COLUMNS if column != "epoch"})  # None -> NaN
+# --- checkpoints, config, TensorBoard --------------------------------------------------------------------------
 
 
-def run_config(settings: dict[str, Any], train_table: pd.DataFrame, valid_table: pd.DataFrame) -> dict[str, Any]:
+def _load_checkpoint(out: Path, state: dict[str, Any], net: keras.Model, optimizer: Any) -> None:
+    """Copy the last complete epoch's weights and optimizer state into ``net`` and ``optimizer``."""
+    path = out / state["checkpoint"]
+    if not path.is_file():
+        raise InputError(f"{path}: the checkpoint of epoch {state['epoch']} is missing; start a new run")
+    try:
+        saved = keras.saving.load_model(path, compile=True, safe_mode=True)
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [""])[0][:150]
+        raise InputError(f"{path}: cannot load ({type(exc).__name__}: {reason}); the checkpoint is damaged") from None
+    iterations = int(saved.optimizer.iterations)
+    if iterations != state["optimizer_iterations"]:
+        raise InputError(
+            f"{path}: optimizer step {iterations}, but {runstate.STATE} says {state['optimizer_iterations']}; "
+            "the run folder is inconsistent, start a new run"
+        )
+    net.set_weights(saved.get_weights())
+    for target, value in zip(optimizer.variables, saved.optimizer.variables, strict=True):
+        target.assign(value)
+
+
+def _init_checkpoint(path: str | os.PathLike[str], image_size: int) -> keras.Model:
+    """The checkpoint to fine-tune from, checked against the image size and the 14 findings."""
+    model = model_lib.load(path)
+    if model_lib.input_size(model) != image_size:
+        raise InputError(
+            f"{path}: takes {model_lib.input_size(model)} px images, not image size {image_size}; "
+            f"train at {model_lib.input_size(model)} px or start from another checkpoint"
+        )
+    names = model_lib.finding_names(model)
+    if names != list(FINDINGS):
+        raise InputError(
+            f"{path}: predicts {', '.join(names[:3])} ..., not the 14 NIH findings in order; "
+            "start from a checkpoint made by `train`"
+        )
+    return model
+
+
+def run_config(settings: dict[str, Any], train_source: datasets.Source, valid_source: datasets.Source) -> dict:
     """Everything ``config.json`` records: the settings plus data hashes, sizes, class frequencies, versions."""
+    train_table, valid_table = train_source.table, valid_source.table
     freq_pos, _ = data.compute_class_freqs(train_table)
     valid_freq_pos, _ = data.compute_class_freqs(valid_table)
     loss_weights = None
@@ -326,17 +391,19 @@ def run_config(settings: dict[str, Any], train_table: pd.DataFrame, valid_table:
     return {
         **settings,
         "optimizer": "adam",
-        "lr_schedule": {"reduce_on_plateau": {"factor": LR_FACTOR, "epochs": LR_PLATEAU_EPOCHS}},
+        "lr_schedule": {"reduce_on_plateau": {"factor": runstate.LR_FACTOR, "epochs": runstate.LR_PLATEAU_EPOCHS}},
         "augmentation": {
-            "rotation_degrees": ROTATION_DEGREES,
-            "shift": SHIFT,
-            "zoom": ZOOM,
-            "contrast": CONTRAST,
+            "rotation_degrees": datasets.ROTATION_DEGREES,
+            "shift": datasets.SHIFT,
+            "zoom": datasets.ZOOM,
+            "contrast": datasets.CONTRAST,
             "horizontal_flip": False,
         },
         "findings": list(FINDINGS),
-        "train_sha256": sha256_of(settings["train"]),
-        "valid_sha256": sha256_of(settings["valid"]),
+        "train_prepared": train_source.prepared,
+        "valid_prepared": valid_source.prepared,
+        "train_sha256": train_source.sha256,
+        "valid_sha256": valid_source.sha256,
         "n_train": len(train_table),
         "n_valid": len(valid_table),
         "train_patients": int(train_table["PatientId"].nunique()),
@@ -351,240 +418,58 @@ def run_config(settings: dict[str, Any], train_table: pd.DataFrame, valid_table:
             "numpy": np.__version__,
             "pandas": pd.__version__,
         },
-        "created": _now(),
+        "created": runstate.now(),
     }
 
 
-class ProgressBar(keras.callbacks.Callback):
-    """A one-line progress bar for the training steps of an epoch, on stderr and only when it is a terminal."""
-
-    def __init__(self, title: str, steps: int, width: int = 30) -> None:
-        super().__init__()
-        self.title, self.steps, self.width = title, steps, width
-        self.enabled = sys.stderr.isatty()
-
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if not self.enabled:
-            return
-        done = min(batch + 1, self.steps)
-        filled = self.width * done // self.steps
-        bar = "=" * filled + (">" if filled < self.width else "") + "." * (self.width - filled - 1)
-        loss = f"  loss {logs['loss']:.3f}" if logs and "loss" in logs else ""
-        sys.stderr.write(f"\r{self.title}  {done}/{self.steps} [{bar}]{loss}")
-        sys.stderr.flush()
-
-    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        if self.enabled:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
+def _write_tensorboard(out: Path, state: dict[str, Any]) -> None:
+    """Log the history's epochs that TensorBoard has not seen yet (one scalar series per history column)."""
+    folder = out / runstate.TENSORBOARD
+    logged = _logged_epochs(folder)
+    rows = [row for row in state["history"] if row["epoch"] > logged]
+    if not rows:
+        return
+    writer = tf.summary.create_file_writer(os.fspath(folder))
+    with writer.as_default():
+        for row in rows:
+            for key, value in row.items():
+                if key == "epoch" or value is None or not np.isfinite(value):
+                    continue
+                name = key.replace("val_auc_", "val_auc/") if key.startswith("val_auc_") else key
+                tf.summary.scalar(name, value, step=row["epoch"])
+    writer.close()
 
 
-# --- the run folder ------------------------------------------------------------------------------------------
+def _logged_epochs(folder: Path) -> int:
+    """The last epoch already in the TensorBoard event files (0 when none)."""
+    last = 0
+    for path in folder.glob("events.out.tfevents.*"):
+        try:
+            for record in tf.data.TFRecordDataset(os.fspath(path)):
+                last = max(last, int(tf.compat.v1.Event.FromString(record.numpy()).step))
+        except tf.errors.DataLossError:  # a file a kill cut short: what it holds up to there still counts
+            continue
+    return last
 
 
-def _check_options(
-    image_size: int, epochs: int, batch_size: int, lr: float, loss: str, patience: int, seed: int
-) -> None:
+def _check_options(image_size: int, epochs: int, batch_size: int, lr: float, patience: int, seed: int) -> None:
     if image_size < model_lib.MIN_SIZE:
-        raise InputError(f"--image-size {image_size}: DenseNet121 needs at least {model_lib.MIN_SIZE} px")
+        raise InputError(f"image size {image_size}: DenseNet121 needs at least {model_lib.MIN_SIZE} px")
     if epochs < 1:
-        raise InputError(f"--epochs {epochs}: train for at least 1 epoch")
+        raise InputError(f"epochs {epochs}: train for at least 1 epoch")
     if batch_size < 1:
-        raise InputError(f"--batch-size {batch_size}: must be at least 1")
+        raise InputError(f"batch size {batch_size}: must be at least 1")
     if not (math.isfinite(lr) and lr > 0):
-        raise InputError(f"--lr {lr}: the learning rate must be a positive number, e.g. 1e-4")
-    if loss not in ("weighted", "plain"):
-        raise InputError(f"--loss {loss}: unknown loss; use weighted or plain")
+        raise InputError(f"learning rate {lr}: must be a positive number, e.g. 1e-4")
     if patience < 1:
-        raise InputError(f"--patience {patience}: must be at least 1 epoch")
+        raise InputError(f"patience {patience}: must be at least 1 epoch")
     if not 0 <= seed < 2**32:
-        raise InputError(f"--seed {seed}: must be a whole number from 0 to 2**32 - 1")
-
-
-def _check_run_folder(out: Path, resume: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: is a file; give a folder for the run")
-    holds_run = any((out / name).exists() for name in (CONFIG, STATE, HISTORY, BEST, CHECKPOINTS))
-    if holds_run and not resume:
-        raise InputError(
-            f"--out {out} already holds a training run; add --resume to continue it or choose another --out"
-        )
-    if resume and not (out / CONFIG).is_file():
-        raise InputError(f"--out {out}: no run to resume (no {CONFIG}); drop --resume to start a new run")
-
-
-def _start_or_resume(out: Path, config: dict[str, Any], resume: bool, log: Callable[[str], Any]) -> dict | None:
-    """Write ``config.json`` for a new run; for ``resume``, check it matches and return the saved state (or None)."""
-    if not resume:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(config, out / CONFIG)  # first, so a run killed from here on can be resumed
-        (out / CHECKPOINTS).mkdir(exist_ok=True)
-        return None
-
-    saved = _read_json(out / CONFIG)
-    for key, what in (("train_sha256", "training"), ("valid_sha256", "validation")):
-        if saved.get(key) != config[key]:
-            raise InputError(
-                f"--resume: the {what} CSV differs from the one run {out} was started with (SHA-256); "
-                "resume with the same label files, or start a new run with another --out"
-            )
-    changed = [
-        f"{key} {saved.get(key)!r} -> {config[key]!r}" for key in RESUME_SETTINGS if saved.get(key) != config[key]
-    ]
-    if changed:
-        raise InputError(
-            f"--resume: settings differ from run {out} ({'; '.join(changed)}); "
-            "pass the original values, or start a new run with another --out"
-        )
-    for key in ("epochs", "patience"):
-        if saved.get(key) != config[key]:
-            log(f"--resume: {key} {saved.get(key)} -> {config[key]}")
-    state = _read_json(out / STATE) if (out / STATE).is_file() else None
-    if state is not None and _finished(state, config["epochs"], config["patience"]):
-        return state
-    resumed = {"at": _now(), "after_epoch": state["epoch"] if state else 0}
-    updated = {**saved, "epochs": config["epochs"], "patience": config["patience"]}
-    updated["resumed"] = [*saved.get("resumed", []), resumed]
-    (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
-    write_json_atomic(updated, out / CONFIG)
-    _remove_leftovers(out, state["epoch"] if state else 0)
-    if state is not None and state["best_epoch"] >= state["epoch"] - (KEEP_CHECKPOINTS - 1):
-        # A crash between state.json and best.keras leaves the old best; its checkpoint is still kept.
-        best = model_lib.load(out / CHECKPOINTS / f"epoch-{state['best_epoch']:03d}.keras")
-        model_lib.save_for_inference(best, out / BEST)
-    return state
-
-
-def _commit_epoch(out: Path, net: keras.Model, state: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
-    """Save an epoch in the one order that a kill at any moment leaves resumable; return the new state.
-
-    Checkpoint first, then the state that points to it, then what can be rebuilt from the two: best.keras
-    and history.csv. Last, checkpoints the state no longer needs are deleted.
-    """
-    epoch = row["epoch"]
-    checkpoint = Path(CHECKPOINTS) / f"epoch-{epoch:03d}.keras"
-    model_lib.save(net, out / checkpoint)
-    state = _next_state(state, row, checkpoint.as_posix(), int(net.optimizer.iterations))
-    write_json_atomic(state, out / STATE)
-    if state["best_epoch"] == epoch:
-        model_lib.save_for_inference(net, out / BEST)
-    _write_history(out, state)
-    _remove_old_checkpoints(out, epoch)
-    return state
-
-
-def _load_for_resume(out: Path, state: dict[str, Any]) -> keras.Model:
-    """The compiled model of the last complete epoch, with its optimizer state (checked against the state)."""
-    path = out / state["checkpoint"]
-    if not path.is_file():
-        raise InputError(f"{path}: the checkpoint of epoch {state['epoch']} is missing; start a new run")
-    try:
-        net = keras.saving.load_model(path, compile=True, safe_mode=True)
-    except Exception as exc:
-        reason = (str(exc).strip().splitlines() or [""])[0][:150]
-        raise InputError(f"{path}: cannot load ({type(exc).__name__}: {reason}); the checkpoint is damaged") from None
-    iterations = int(net.optimizer.iterations)
-    if iterations != state["optimizer_iterations"]:
-        raise InputError(
-            f"{path}: optimizer step {iterations}, but {STATE} says {state['optimizer_iterations']}; "
-            "the run folder is inconsistent, start a new run"
-        )
-    return net
-
-
-def _initial_state(lr: float, seed: int) -> dict[str, Any]:
-    return {
-        "epoch": 0,
-        "checkpoint": None,
-        "optimizer_iterations": 0,
-        "best_auc": None,
-        "best_epoch": 0,
-        "lr": lr,
-        "epochs_without_gain": 0,
-        "epochs_on_plateau": 0,
-        "seed": seed,
-        "history": [],
-    }
-
-
-def _next_state(state: dict[str, Any], row: dict[str, Any], checkpoint: str, iterations: int) -> dict[str, Any]:
-    """The state after an epoch: best AUC, plateau and early-stopping counters, learning rate for the next one."""
-    gain = state["best_auc"] is None or row["val_mean_auc"] > state["best_auc"]
-    lr, plateau = state["lr"], 0 if gain else state["epochs_on_plateau"] + 1
-    if plateau >= LR_PLATEAU_EPOCHS:
-        lr, plateau = lr * LR_FACTOR, 0
-    return {
-        **state,
-        "epoch": row["epoch"],
-        "checkpoint": checkpoint,
-        "optimizer_iterations": iterations,
-        "best_auc": row["val_mean_auc"] if gain else state["best_auc"],
-        "best_epoch": row["epoch"] if gain else state["best_epoch"],
-        "lr": lr,
-        "epochs_without_gain": 0 if gain else state["epochs_without_gain"] + 1,
-        "epochs_on_plateau": plateau,
-        "history": [*state["history"], row],
-    }
+        raise InputError(f"seed {seed}: must be a whole number from 0 to 2**32 - 1")
 
 
 def _finished(state: dict[str, Any], epochs: int, patience: int) -> bool:
-    return state["epoch"] >= epochs or state["epochs_without_gain"] >= patience
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0] % 2**31)
-
-
-def _fill_cache(images: tf.data.Dataset) -> None:
-    """Decode every image now, so a bad file fails before training with its own one-line message."""
-    try:
-        for _ in images.batch(256):
-            pass
-    except tf.errors.OpError as exc:
-        # numpy_function reports the Python exception inside a long TensorFlow message; keep its line.
-        lines = [line.strip() for line in str(exc).splitlines() if "InputError:" in line]
-        if lines:
-            raise InputError(lines[0].split("InputError:", 1)[1].strip()) from None
-        raise
-
-
-def _write_history(out: Path, state: dict[str, Any]) -> None:
-    write_csv_atomic(history_frame(state), out / HISTORY)
-
-
-def _remove_old_checkpoints(out: Path, last_epoch: int) -> None:
-    """Keep the checkpoints of the last `KEEP_CHECKPOINTS` complete epochs; drop older ones and any later ones."""
-    for path in (out / CHECKPOINTS).glob("epoch-*.keras"):
-        epoch = int(path.stem.removeprefix("epoch-"))
-        if epoch <= last_epoch - KEEP_CHECKPOINTS or epoch > last_epoch:
-            path.unlink(missing_ok=True)
-
-
-def _remove_leftovers(out: Path, last_epoch: int) -> None:
-    """Temporary files of writes a crash interrupted, and checkpoints of an epoch that never completed."""
-    for name in (CONFIG, STATE, HISTORY, BEST):
-        for path in out.glob(f".{name}.*.tmp"):
-            path.unlink(missing_ok=True)
-    for path in (out / CHECKPOINTS).glob(".epoch-*.keras"):
-        path.unlink(missing_ok=True)
-    _remove_old_checkpoints(out, last_epoch)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        with open(path) as file:
-            return json.load(file)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: cannot be read ({exc}); the run folder is damaged, start a new run") from None
+    return runstate.finished(state, epochs, patience)
 
 
 def _per_finding(values: np.ndarray) -> dict[str, float]:
     return {finding: float(value) for finding, value in zip(FINDINGS, values, strict=True)}
-
-
-def _format_auc(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -19,13 +19,13 @@ import pandas as pd
 FILE_MODE = 0o644  # mkstemp creates 0600 files; results are meant to be shared
 
 
-def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[str]], Any]) -> Path:
-    """Call ``write(handle)`` on a temporary text file, then rename it to ``path``."""
+def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[Any]], Any], binary: bool = False) -> Path:
+    """Call ``write(handle)`` on a temporary text (or ``binary``) file, then rename it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(handle, "w", newline="") as file:
+        with os.fdopen(handle, "wb") if binary else os.fdopen(handle, "w", newline="") as file:
             write(file)
             file.flush()
             os.fsync(file.fileno())
@@ -35,6 +35,11 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[str]], Any]) 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_bytes_atomic(content: bytes, path: str | os.PathLike[str]) -> Path:
+    """Write ``content`` to ``path`` atomically (images)."""
+    return write_atomic(path, lambda file: file.write(content), binary=True)
 
 
 def write_text_atomic(text: str, path: str | os.PathLike[str]) -> Path:

@@ -13,18 +13,10 @@ import keras
 import numpy as np
 from keras import ops
 
+from pipeline.data import class_weights
 from pipeline.errors import InputError
 
-
-def class_weights(labels: Any) -> tuple[np.ndarray, np.ndarray]:
-    """``(pos_weights, neg_weights) = (freq_neg, freq_pos)`` of an (images x findings) 0/1 label matrix.
-
-    ``labels`` is an array or the canonical label table of `pipeline.data.load_labels`.
-    """
-    from pipeline.data import compute_class_freqs
-
-    freq_pos, freq_neg = compute_class_freqs(labels)
-    return freq_neg, freq_pos
+__all__ = ["WeightedBinaryCrossentropy", "class_weights"]  # class_weights: the rule lives in pipeline.data
 
 
 @keras.saving.register_keras_serializable(package="pipeline")

@@ -64,7 +64,7 @@ def test_imagenet_offline_fails_fast_with_one_line(monkeypatch, tmp_path):
     message = str(info.value)
     assert time.monotonic() - start < 5
     assert "\n" not in message
-    assert "--weights none" in message and "--weights PATH" in message
+    assert "`weights` none" in message and "`weights` PATH" in message  # the CLI prints --weights
     assert not list(tmp_path.rglob("*.h5"))
 
 
@@ -83,7 +83,7 @@ def test_weights_from_a_local_file(tmp_path):
 @pytest.mark.parametrize("name", ["missing.weights.h5", "text.weights.h5"])
 def test_weights_bad_file(tmp_path, name):
     (tmp_path / "text.weights.h5").write_text("not weights")
-    with pytest.raises(InputError, match="--weights") as info:
+    with pytest.raises(InputError, match="`weights`") as info:
         model.build(SMALL_SIZE, weights=str(tmp_path / name))
     assert "\n" not in str(info.value)
 

@@ -1,4 +1,4 @@
-"""Atomic writes and file hashes shared by every step that writes to disk.
+"""Atomic writes, file hashes and small JSON reads shared by every step that touches disk.
 
 Each write goes to a temporary file in the target's folder, is flushed to disk, then renamed over the
 target: a reader, or a run resumed after a crash, sees either the old file or the new one, never half.
@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import pandas as pd
+
+from pipeline.errors import InputError, reason
 
 FILE_MODE = 0o644  # mkstemp creates 0600 files; results are meant to be shared
 
@@ -61,3 +63,15 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
     """Hex SHA-256 of a file's bytes: which exact label file a run or an evaluation used."""
     with open(path, "rb") as file:
         return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def read_json_object(path: str | os.PathLike[str], fix: str) -> dict[str, Any]:
+    """A JSON object file (a config, a state); `InputError` ending in ``fix`` when it is unreadable or not one."""
+    try:
+        with open(path) as handle:
+            value = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise InputError(f"{path}: not valid JSON ({reason(exc)}); {fix}") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: expected a JSON object, got {type(value).__name__}; {fix}")
+    return value

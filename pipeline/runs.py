@@ -17,13 +17,13 @@ a model, so the dashboard can list runs without importing TensorFlow. The defaul
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from pipeline.errors import InputError, reason
+from pipeline.files import read_json_object
 
 DEMO_RUN = "densenet121-128-weighted"  # the run whose checkpoint ships with the repository (README, Demo model)
 
@@ -60,7 +60,8 @@ def find_evaluations(artifacts: str | Path) -> list[Path]:
 
 def read_config(run_dir: str | Path) -> dict:
     """The run's ``config.json``, or ``{}`` when the run has none."""
-    return _read_json(Path(run_dir) / "config.json", missing={})
+    path = Path(run_dir) / "config.json"
+    return read_json_object(path, "rewrite or delete it") if path.is_file() else {}
 
 
 def read_history(run_dir: str | Path) -> pd.DataFrame | None:
@@ -76,16 +77,3 @@ def read_history(run_dir: str | Path) -> pd.DataFrame | None:
         raise InputError(f"{path}: no 'epoch' column; expected the history.csv written by `python -m pipeline train`")
     return history
 
-
-def _read_json(path: Path, missing: dict) -> dict:
-    """A small JSON object file, ``missing`` when there is none (`InputError` when unreadable)."""
-    if not path.is_file():
-        return missing
-    try:
-        with open(path) as handle:
-            value = json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-        raise InputError(f"{path}: not valid JSON ({reason(exc)}); rewrite or delete it") from None
-    if not isinstance(value, dict):
-        raise InputError(f"{path}: expected a JSON object, got {type(value).__name__}")
-    return value

@@ -99,3 +99,16 @@ def test_load_text_file(tmp_path):
     with pytest.raises(InputError, match="cannot load") as info:
         model.load(path)
     assert "\n" not in str(info.value)
+
+
+def test_inference_function_is_traced_once_across_threads(small_model):
+    """The app shares one cached model between session threads: they must all get the one traced function."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    shared = keras.Model(small_model.inputs, small_model.outputs)  # a model no test has traced yet
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        functions = list(pool.map(lambda _: model.inference_function(shared), range(16)))
+    assert all(f is functions[0] for f in functions)
+    x = np.zeros((2, SMALL_SIZE, SMALL_SIZE, 1), np.float32)
+    features, probabilities = functions[0](x)
+    assert probabilities.shape == (2, len(FINDINGS)) and features.shape[0] == 2

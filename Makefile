@@ -1,4 +1,6 @@
-# `make test` and `make run` create .venv from requirements.txt when it is missing or older than the file.
+# `make test` and `make run` create .venv from requirements.txt when it is missing or older than it or
+# pyproject.toml, and install this checkout into it in editable mode (the `chestxray` command, and `pipeline`
+# importable from any folder, the dashboard's included).
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-requirements
@@ -6,17 +8,18 @@ PORT ?= 8501
 
 .PHONY: test run lint clean demo-model
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements.txt
+	$(VENV)/bin/pip install --quiet --no-deps -e .
 	cp requirements.txt $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -n 2 --dist loadfile
 
 run: $(STAMP)
-	$(VENV)/bin/streamlit run app/main.py --server.port $(PORT) --browser.gatherUsageStats false
+	$(VENV)/bin/python -m streamlit run app/main.py --server.port $(PORT) --browser.gatherUsageStats false
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,13 +1,7 @@
-"""Entry point of the dashboard (`make run`): the page navigation and the shared sidebar, nothing else."""
+"""Entry point of the dashboard (`make run`): the page navigation, the shared sidebar and the one error frame."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # streamlit adds app/, `pipeline` is one level up
-
+import shared
 import streamlit as st
-
-from app import shared
 
 st.set_page_config(page_title="Chest X-ray toolkit", page_icon=":material/radiology:", layout="wide")
 
@@ -20,5 +14,6 @@ pages = [
     st.Page("views/predict.py", title="Predict", icon=":material/image_search:"),
 ]
 page = st.navigation(pages)
-shared.sidebar()
-page.run()
+with shared.guard():  # pages guard their own sections; this catches what escapes them, in the same words
+    shared.sidebar()
+    page.run()

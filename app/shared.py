@@ -1,30 +1,34 @@
-"""What every page shares: the sidebar's choices, cached calls into `pipeline`, commands to show, the chart style.
+"""What every page shares: the error frame, the sidebar's choices, cached calls into `pipeline`, commands to show.
 
-Nothing here imports TensorFlow: only the Predict page loads a model.
+Pages import it as ``shared``: Streamlit puts the app's folder on the import path of the scripts it runs.
+The figures and their look come from `pipeline.plots`. Nothing here imports TensorFlow: only the Predict
+page loads a model.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pipeline import data, evaluate, runs
-from pipeline.cli import METADATA, NIH_DIR, REPO_ROOT
+from pipeline import data, paths, results, runs
+from pipeline.errors import InputError
 
-IMAGES_DIR = NIH_DIR / "images"
-SAMPLE_LABELS = NIH_DIR / "sample_labels.csv"
-DATA_SOURCES = {"Embedded sample": SAMPLE_LABELS, "Full NIH metadata": METADATA}
+IMAGES_DIR = paths.images_dir()
+SAMPLE_LABELS = paths.sample_labels()
+DATA_SOURCES = {"Embedded sample": SAMPLE_LABELS, "Full NIH metadata": paths.metadata_file()}
 # The label files shipped in nih/, offered wherever a page lets the user pick one.
 NIH_LABEL_FILES = {
-    "train-small.csv": NIH_DIR / "train-small.csv",
-    "valid-small.csv": NIH_DIR / "valid-small.csv",
-    "test.csv": NIH_DIR / "test.csv",
+    "train-small.csv": paths.label_file("train-small.csv"),
+    "valid-small.csv": paths.label_file("valid-small.csv"),
+    "test.csv": paths.label_file("test.csv"),
     "sample_labels.csv": SAMPLE_LABELS,
-    "Data_Entry_2017_v2020.csv.gz (full)": METADATA,
+    "Data_Entry_2017_v2020.csv.gz (full)": paths.metadata_file(),
 }
 
 DISCLAIMER = (
@@ -38,11 +42,27 @@ CITATION = (
     "data public."
 )
 
-POSITIVE = "#c0392b"  # positives, high probabilities, leaks
-NEGATIVE = "#2e86c1"  # negatives, the reference
-NEUTRAL = "#7f8c8d"
-SERIES = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#bcbd22",
-          "#7f7f7f", "#393b79", "#ad494a", "#637939", "#843c39"]  # one colour per curve, 14 for the findings
+
+
+# --- the error frame -----------------------------------------------------------------------------------------
+
+
+def show_error(exc: InputError) -> None:
+    """The one way a page shows bad input: its one-line message in a red box."""
+    st.error(str(exc), icon=":material/error:")
+
+
+@contextmanager
+def guard() -> Iterator[None]:
+    """Run one section of a page: an `InputError` inside it is shown with `show_error` and the page goes on.
+
+    main.py runs every page inside one too, so an error outside any section still ends in the same box,
+    never a traceback.
+    """
+    try:
+        yield
+    except InputError as exc:
+        show_error(exc)
 
 
 # --- the sidebar ---------------------------------------------------------------------------------------------
@@ -58,13 +78,13 @@ def sidebar() -> None:
             captions=["549 images shipped in nih/", "112,120 images of 30,805 patients"],
             help="What the Home and Dataset pages describe.",
         )
-        found = runs.find_runs(runs.artifacts_dir())
+        found = runs.find_runs(paths.artifacts_dir())
         if found:
             names = [run.name for run in found]
             st.selectbox("Run", names, index=names.index(_default_run(found).name), key="run",
-                         help=f"Training runs found under {display_path(runs.artifacts_dir() / 'runs')}")
+                         help=f"Training runs found under {display_path(paths.artifacts_dir() / 'runs')}")
         else:
-            st.caption(f"No training run under `{display_path(runs.artifacts_dir() / 'runs')}` yet; see Home.")
+            st.caption(f"No training run under `{display_path(paths.artifacts_dir() / 'runs')}` yet; see Home.")
         st.caption(DISCLAIMER)
 
 
@@ -89,7 +109,7 @@ def data_choice() -> tuple[str, Path]:
 
 def chosen_run() -> runs.Run | None:
     """The sidebar's run, or None when there is none."""
-    found = {run.name: run for run in runs.find_runs(runs.artifacts_dir())}
+    found = {run.name: run for run in runs.find_runs(paths.artifacts_dir())}
     if not found:
         return None
     return found.get(st.session_state.get("run", ""), _default_run(list(found.values())))
@@ -119,33 +139,44 @@ def load_uploaded_labels(name: str, content: bytes) -> pd.DataFrame:
 
 
 @st.cache_data(show_spinner="Reading the evaluation...")
-def load_eval(path: str, modified: float) -> dict:
-    """`pipeline.evaluate.load_eval`, cached until metrics.json changes (``modified`` is its mtime)."""
-    return evaluate.load_eval(path)
+def _read_evaluation(path: str, modified: float) -> results.SavedEvaluation:
+    return results.read_evaluation(path)
 
 
-def load_eval_fresh(path: Path) -> dict:
-    """`load_eval`, reread when the folder's metrics.json is rewritten."""
-    return load_eval(str(path), (path / "metrics.json").stat().st_mtime)
+def read_evaluation(path: Path) -> results.SavedEvaluation:
+    """`pipeline.results.read_evaluation`, cached until the folder's metrics.json is rewritten."""
+    return _read_evaluation(str(path), _modified(path / results.METRICS_JSON))
+
+
+@st.cache_data(show_spinner=False)
+def _read_metrics(path: str, modified: float) -> results.Summary:
+    return results.read_metrics(path)
+
+
+def read_metrics(path: Path) -> results.Summary:
+    """`pipeline.results.read_metrics`, cached until the folder's metrics.json is rewritten."""
+    return _read_metrics(str(path), _modified(path / results.METRICS_JSON))
+
+
+def _modified(path: Path) -> float:
+    """A file's mtime, the key that invalidates a cached read (0 for a missing file: the reader says so)."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 # --- commands shown when something is missing -----------------------------------------------------------------
 
 
 def display_path(path: str | Path) -> str:
-    """A path relative to the repository root when it lies inside it (commands are run from there).
-
-    Relative paths, as configs and metrics record them, are taken as relative to the repository root too.
-    """
-    try:
-        return (REPO_ROOT / path).resolve().relative_to(REPO_ROOT).as_posix()
-    except ValueError:
-        return str(path)
+    """A path relative to the repository root when it lies inside it (commands are run from there)."""
+    return paths.shorten(path)
 
 
 def train_command(run_dir: Path | None = None) -> str:
     """The command that trains a run on the embedded split."""
-    out = display_path(run_dir or runs.artifacts_dir() / "runs" / "demo")
+    out = display_path(run_dir or paths.artifacts_dir() / "runs" / "demo")
     return (
         ".venv/bin/python -m pipeline train --train nih/train-small.csv --valid nih/valid-small.csv \\\n"
         f"    --images nih/images --out {out}"
@@ -163,9 +194,9 @@ def evaluate_command(checkpoint: Path, out: Path) -> str:
 
 def explain_missing_run() -> None:
     """Say that no trained run exists and how to make and evaluate one."""
-    run_dir = runs.artifacts_dir() / "runs" / "demo"
+    run_dir = paths.artifacts_dir() / "runs" / "demo"
     st.info(
-        f"No trained model yet: there is no run under `{display_path(runs.artifacts_dir() / 'runs')}`. "
+        f"No trained model yet: there is no run under `{display_path(paths.artifacts_dir() / 'runs')}`. "
         "Train one on the embedded split (add `--weights none` when offline), then evaluate it:"
     )
     st.code(train_command(run_dir) + "\n" + evaluate_command(run_dir / "best.keras", run_dir / "eval-test"),
@@ -175,38 +206,11 @@ def explain_missing_run() -> None:
 # --- the look of charts -------------------------------------------------------------------------------------
 
 
-def style(fig: go.Figure, height: int = 380, legend: bool = True) -> go.Figure:
-    """The common look of every chart: title top left, the legend in one row between title and plot."""
-    fig.update_layout(
-        height=height,
-        margin={"l": 10, "r": 10, "t": 80 if legend else 45, "b": 10},
-        font={"size": 13},
-        showlegend=legend,
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.01, "xanchor": "left", "x": 0, "title": None},
-        title={"x": 0, "xanchor": "left", "y": 1, "yref": "container", "yanchor": "top", "pad": {"t": 12},
-               "font": {"size": 15}},
-    )
-    return fig
-
-
-def side_legend(fig: go.Figure) -> go.Figure:
-    """A legend in one column right of the plot, for charts with many series."""
-    return fig.update_layout(legend={"orientation": "v", "x": 1.02, "xanchor": "left", "y": 1, "yanchor": "top"},
-                             margin={"t": 50})
-
-
 def chart(fig: go.Figure) -> None:
     """Show a Plotly figure at the container's width, without the Plotly logo."""
     st.plotly_chart(fig, config={"displaylogo": False})
 
 
-def fmt_ci(value: float | None, interval: list[float] | None) -> str:
-    """``0.712 (95% CI 0.601-0.813)``, or what is known of it."""
-    if value is None:
-        return "undefined"
-    return f"{value:.3f}" + (f" (95% CI {interval[0]:.3f}-{interval[1]:.3f})" if interval else "")
-
-
 def env_note() -> str:
     """Where runs are read from, when $CHESTXRAY_ARTIFACTS moves it away from the default."""
-    return f" (from ${runs.ENV_VAR})" if os.environ.get(runs.ENV_VAR) else ""
+    return f" (from ${paths.ARTIFACTS_ENV})" if os.environ.get(paths.ARTIFACTS_ENV) else ""

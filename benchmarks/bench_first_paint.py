@@ -66,11 +66,11 @@ def time_until(page: Page, url: str | None, *selectors: str) -> list[float]:
 
 
 def main() -> None:
-    from pipeline import runs
+    from pipeline import paths, runs
 
-    has_model = any(run.checkpoint for run in runs.find_runs(runs.artifacts_dir()))
+    has_model = any(run.checkpoint for run in runs.find_runs(paths.artifacts_dir()))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}; "
-          f"runs from {runs.artifacts_dir()}{'' if has_model else ' (no checkpoint: Predict shows a command)'}")
+          f"runs from {paths.artifacts_dir()}{'' if has_model else ' (no checkpoint: Predict shows a command)'}")
     log = Path(tempfile.mkdtemp()) / "streamlit.log"
     process, url, started = start_app(log)
     try:

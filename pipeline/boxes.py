@@ -15,11 +15,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from pipeline.cli import NIH_DIR
+from pipeline import paths
 from pipeline.errors import InputError, reason
 from pipeline.findings import FINDINGS
 
-BBOX_LIST = NIH_DIR / "metadata" / "BBox_List_2017.csv.gz"
 ORIGINAL_SIZE = 1024  # side in pixels of the NIH originals the boxes were drawn on
 COLUMNS = ["Image", "Finding", "x", "y", "w", "h"]
 NIH_SPELLINGS = {"Infiltrate": "Infiltration"}
@@ -32,9 +31,9 @@ _PALETTE = [
 COLORS: dict[str, tuple[int, int, int]] = dict(zip(FINDINGS, _PALETTE, strict=True))
 
 
-def load_boxes(path: str | Path = BBOX_LIST) -> pd.DataFrame:
-    """Read the NIH box list into ``Image, Finding, x, y, w, h`` (floats, pixels of the 1024 px original)."""
-    path = Path(path)
+def load_boxes(path: str | Path | None = None) -> pd.DataFrame:
+    """The NIH box list (default: the embedded one) as ``Image, Finding, x, y, w, h`` (floats, 1024 px pixels)."""
+    path = Path(path) if path is not None else paths.box_list()
     if not path.is_file():
         raise InputError(f"{path}: box list not found; give the NIH BBox_List_2017.csv(.gz)")
     try:

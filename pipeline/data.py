@@ -152,14 +152,14 @@ def check_images_exist(table: pd.DataFrame, images_dir: str | Path, name: str = 
     """Raise `InputError` unless every image of ``table`` is a file in ``images_dir``."""
     folder = Path(images_dir)
     if not folder.is_dir():
-        raise InputError(f"{folder}: image folder not found; check --images")
+        raise InputError(f"{folder}: image folder not found; check `images_dir`")
     present = set(os.listdir(folder))
     missing = [image for image in table["Image"] if image not in present]
     if missing:
         first = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
         raise InputError(
             f"{name}: {len(missing)} of {len(table)} listed images are not in {folder} ({first}); "
-            "check --images or remove those rows"
+            "check `images_dir` or remove those rows"
         )
 
 
@@ -180,6 +180,15 @@ def compute_class_freqs(labels: np.ndarray | pd.DataFrame) -> tuple[np.ndarray, 
         raise InputError("class frequencies need a non-empty (images x findings) label matrix")
     freq_pos = matrix.mean(axis=0)
     return freq_pos, 1.0 - freq_pos
+
+
+def class_weights(labels: np.ndarray | pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """``(w_pos, w_neg) = (freq_neg, freq_pos)``: the course's weights, written here once for the loss and the app.
+
+    ``labels`` is an (images x findings) 0/1 matrix or the canonical label table of `load_labels`.
+    """
+    freq_pos, freq_neg = compute_class_freqs(labels)
+    return freq_neg, freq_pos
 
 
 def to_course_format(table: pd.DataFrame) -> pd.DataFrame:

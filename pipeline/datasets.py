@@ -123,7 +123,7 @@ def open_source(labels: str | os.PathLike[str], images_dir: str | os.PathLike[st
             )
         return _open_prepared(path)
     if images_dir is None:
-        raise InputError(f"{path.name}: a label file needs an image folder (images_dir); or give a prepared folder")
+        raise InputError(f"{path.name}: a label file needs its image folder (`images_dir`); or give a prepared folder")
     table = data.load_labels(path, images_dir)
     from pipeline.files import sha256_of
 
@@ -134,8 +134,8 @@ def check_size(source: Source, image_size: int) -> None:
     """Refuse to read a prepared folder at a larger size than it was prepared at (it would only blur)."""
     if source.prepared and image_size > source.prepared_size:
         raise InputError(
-            f"{source.name} was prepared at {source.prepared_size} px, smaller than image size {image_size}; "
-            f"use an image size of at most {source.prepared_size}, or prepare the images again at {image_size}"
+            f"{source.name} was prepared at {source.prepared_size} px, smaller than `image_size` {image_size}; "
+            f"use `image_size` {source.prepared_size} or less, or prepare the images again at {image_size}"
         )
 
 

@@ -42,7 +42,7 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     MultiWorkerMirroredStrategy from ``TF_CONFIG`` (checked first; create it before any other TF op).
     """
     if name not in STRATEGIES:
-        raise InputError(f"unknown strategy {name!r}; use one of {', '.join(STRATEGIES)}")
+        raise InputError(f"`strategy` {name!r}: unknown; use one of {', '.join(STRATEGIES)}")
     if name == "multi-worker":
         check_tf_config(os.environ.get("TF_CONFIG"))
         return tf.distribute.MultiWorkerMirroredStrategy()
@@ -56,7 +56,7 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
 def check_tf_config(text: str | None) -> dict[str, Any]:
     """The parsed ``TF_CONFIG`` of a worker, or a one-line `InputError` saying what is wrong and what to do."""
     if not text:
-        raise InputError(f"--strategy multi-worker needs the TF_CONFIG environment variable; {TF_CONFIG_HINT}")
+        raise InputError(f"`strategy` multi-worker needs the TF_CONFIG environment variable; {TF_CONFIG_HINT}")
     try:
         config = json.loads(text)
     except ValueError as exc:

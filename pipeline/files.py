@@ -1,4 +1,4 @@
-"""Atomic writes and file hashes shared by every step that writes to disk.
+"""Atomic writes, file hashes and small JSON reads shared by every step that touches disk.
 
 Each write goes to a temporary file in the target's folder, is flushed to disk, then renamed over the
 target: a reader, or a run resumed after a crash, sees either the old file or the new one, never half.
@@ -16,16 +16,18 @@ from typing import IO, Any
 
 import pandas as pd
 
+from pipeline.errors import InputError, reason
+
 FILE_MODE = 0o644  # mkstemp creates 0600 files; results are meant to be shared
 
 
-def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[str]], Any]) -> Path:
-    """Call ``write(handle)`` on a temporary text file, then rename it to ``path``."""
+def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[Any]], Any], binary: bool = False) -> Path:
+    """Call ``write(handle)`` on a temporary text (or ``binary``) file, then rename it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(handle, "w", newline="") as file:
+        with os.fdopen(handle, "wb") if binary else os.fdopen(handle, "w", newline="") as file:
             write(file)
             file.flush()
             os.fsync(file.fileno())
@@ -35,6 +37,11 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[str]], Any]) 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_bytes_atomic(content: bytes, path: str | os.PathLike[str]) -> Path:
+    """Write ``content`` to ``path`` atomically (images)."""
+    return write_atomic(path, lambda file: file.write(content), binary=True)
 
 
 def write_text_atomic(text: str, path: str | os.PathLike[str]) -> Path:
@@ -56,3 +63,15 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
     """Hex SHA-256 of a file's bytes: which exact label file a run or an evaluation used."""
     with open(path, "rb") as file:
         return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def read_json_object(path: str | os.PathLike[str], fix: str) -> dict[str, Any]:
+    """A JSON object file (a config, a state); `InputError` ending in ``fix`` when it is unreadable or not one."""
+    try:
+        with open(path) as handle:
+            value = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise InputError(f"{path}: not valid JSON ({reason(exc)}); {fix}") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: expected a JSON object, got {type(value).__name__}; {fix}")
+    return value

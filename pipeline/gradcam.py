@@ -12,44 +12,32 @@ all 14 maps. `gradcam_tape` is the generic GradientTape version, kept as the ref
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Callable
-from typing import Any
+import os
 
 import cv2
 import keras
 import numpy as np
-import tensorflow as tf
 
 from pipeline import imaging
 from pipeline.errors import InputError
-from pipeline.model import CAM_LAYER, PREDICTIONS, inference_function, input_size
-
-# model -> {layer name: traced tape function}; traced for the reason in `pipeline.model.inference_function`.
-_TAPES: weakref.WeakKeyDictionary[keras.Model, dict[str, Callable[..., Any]]] = weakref.WeakKeyDictionary()
+from pipeline.files import write_bytes_atomic
+from pipeline.model import HEAD_LAYER, inference_function, input_size
 
 
-def heatmaps(model: keras.Model, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def heatmaps(model: keras.Model, image: np.ndarray, full_size: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities ``[n_findings]`` and heatmaps ``[n_findings, H, W]`` in [0, 1] at the image's own size.
 
     ``image`` is an H x W grayscale array (as from `pipeline.imaging.load_image`); it is resized to the
-    model input, and the maps are resized back to H x W.
+    model input, and the maps are resized back to H x W, or left at the model's input size when not
+    ``full_size`` (small to cache; `overlay` scales them up).
     """
     image = np.asarray(image)
-    features, probabilities = inference_function(model)(_model_input(model, image))
-    kernel = keras.ops.convert_to_numpy(model.get_layer(PREDICTIONS).kernel)  # channels x findings
+    features, probabilities = inference_function(model)(model_input(model, image))
+    kernel = keras.ops.convert_to_numpy(model.get_layer(HEAD_LAYER).kernel)  # channels x findings
     cams = np.maximum(features.numpy()[0] @ kernel, 0.0)  # h x w x findings
-    maps = np.stack([_to_heatmap(cam, image.shape) for cam in np.moveaxis(cams, -1, 0)])
+    shape = image.shape if full_size else (input_size(model),) * 2
+    maps = np.stack([to_heatmap(cam, shape) for cam in np.moveaxis(cams, -1, 0)])
     return probabilities.numpy()[0], maps
-
-
-def gradcam_tape(model: keras.Model, image: np.ndarray, class_index: int, layer_name: str = CAM_LAYER) -> np.ndarray:
-    """Generic Grad-CAM of one finding (gradient of its probability), H x W in [0, 1]: the reference."""
-    image = np.asarray(image)
-    features, gradients = _tape_function(model, layer_name)(_model_input(model, image), tf.constant(class_index))
-    channel_weights = tf.reduce_mean(gradients, axis=(1, 2))  # 1 x channels
-    cam = tf.nn.relu(tf.einsum("bijc,bc->bij", features, channel_weights))[0]
-    return _to_heatmap(cam.numpy(), image.shape)
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, opacity: float = 0.4) -> np.ndarray:
@@ -74,32 +62,26 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, opacity: float = 0.4) -> np.
     return np.clip(np.round(blended), 0, 255).astype(np.uint8)
 
 
-def _model_input(model: keras.Model, image: np.ndarray) -> np.ndarray:
+def write_overlay(rgb: np.ndarray, path: str | os.PathLike[str]) -> None:
+    """Write an RGB overlay (from `overlay`) as a PNG file, atomically."""
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(np.asarray(rgb), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise InputError(f"{path}: cannot encode the Grad-CAM overlay as PNG")
+    try:
+        write_bytes_atomic(encoded.tobytes(), path)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write the Grad-CAM overlay ({exc.strerror}); check the folder") from None
+
+
+def model_input(model: keras.Model, image: np.ndarray) -> np.ndarray:
+    """An H x W grayscale image as the model's float32 ``[1, size, size, 1]`` input."""
     if image.ndim != 2:
         raise ValueError(f"expected an H x W grayscale image, got shape {image.shape}")
     resized = imaging.resize(image, input_size(model))
     return resized[np.newaxis, :, :, np.newaxis].astype(np.float32)
 
 
-def _tape_function(model: keras.Model, layer_name: str) -> Callable[..., Any]:
-    """A cached, traced ``f(x, class_index) -> (features, d probability / d features)`` of one layer."""
-    functions = _TAPES.setdefault(model, {})
-    if layer_name not in functions:
-        submodel = keras.Model(model.input, [model.get_layer(layer_name).output, model.get_layer(PREDICTIONS).output])
-        specs = [tf.TensorSpec((None, *model.input_shape[1:]), tf.float32), tf.TensorSpec((), tf.int32)]
-
-        @tf.function(input_signature=specs)
-        def features_and_gradients(x, class_index):
-            with tf.GradientTape() as tape:
-                features, probabilities = submodel(x, training=False)
-                score = probabilities[:, class_index]
-            return features, tape.gradient(score, features)
-
-        functions[layer_name] = features_and_gradients
-    return functions[layer_name]
-
-
-def _to_heatmap(cam: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def to_heatmap(cam: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Resize a coarse map to ``shape[:2]`` and scale it to [0, 1]; an all-zero map stays zero."""
     height, width = shape[:2]
     cam = cv2.resize(cam.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)

@@ -8,6 +8,7 @@ without allocating it. Every refusal is an `InputError` with a one-line message.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import struct
@@ -19,7 +20,10 @@ import pydicom
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, reason
+
+# pydicom lists one failure per plugin on separate lines: keep them all, on one line.
+_why = functools.partial(reason, limit=200, all_lines=True)
 
 MAX_PIXELS = 50_000_000  # larger is refused as a likely decompression bomb
 MIN_SIDE = 64  # smaller is not a chest X-ray the model can read
@@ -150,7 +154,7 @@ def _decode_raster(data: bytes, kind: str) -> np.ndarray:
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:
-        raise InputError(f"{kind} could not be decoded ({_one_line(exc)}); re-export the image") from None
+        raise InputError(f"{kind} could not be decoded ({_why(exc)}); re-export the image") from None
     if image is None or image.size == 0:
         raise InputError(f"{kind} could not be decoded (truncated or corrupt); re-export or re-download the file")
     if image.ndim == 3:
@@ -170,7 +174,7 @@ def _decode_dicom(data: bytes) -> np.ndarray:
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - pydicom parses lazily and raises many types on malformed elements
-        raise InputError(f"DICOM could not be read ({_one_line(exc)}); re-export the file") from None
+        raise InputError(f"DICOM could not be read ({_why(exc)}); re-export the file") from None
 
 
 def _dicom_to_gray(ds: pydicom.Dataset) -> np.ndarray:
@@ -206,7 +210,7 @@ def _dicom_to_gray(ds: pydicom.Dataset) -> np.ndarray:
     except Exception as exc:  # noqa: BLE001 - each decoder plugin raises its own types
         compressed = syntax.is_compressed
         what, fix = ("compressed DICOM", "export it uncompressed") if compressed else ("DICOM", "re-export it")
-        raise InputError(f"{what} pixel data could not be decoded ({syntax_name}: {_one_line(exc)}); {fix}") from None
+        raise InputError(f"{what} pixel data could not be decoded ({syntax_name}: {_why(exc)}); {fix}") from None
     window = _window(ds)
     if "VOILUTSequence" in ds:
         image = _min_max(apply_voi_lut(values, ds))
@@ -239,8 +243,3 @@ def _min_max(values: np.ndarray) -> np.ndarray:
         return np.zeros(values.shape, np.uint8)
     return np.rint((values - low) * (255.0 / (high - low))).astype(np.uint8)
 
-
-def _one_line(exc: BaseException, limit: int = 200) -> str:
-    """A library exception's text squeezed onto one line (pydicom lists per-plugin failures on several)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -103,7 +103,7 @@ def split(table: pd.DataFrame, valid: float = 0.1, test: float = 0.1, seed: int 
     fill the parts up to their image quota. Same table and seed, same split.
     """
     if not (0 < valid < 1 and 0 < test < 1 and valid + test < 1):
-        raise InputError(f"--valid {valid} and --test {test}: give shares between 0 and 1 that sum to less than 1")
+        raise InputError(f"`valid` {valid} and `test` {test}: give shares between 0 and 1 that sum to less than 1")
     shares = np.array([1 - valid - test, valid, test])
     per_patient = table.groupby("PatientId", sort=True)[list(FINDINGS)].sum()
     per_patient["n_images"] = table.groupby("PatientId", sort=True).size()

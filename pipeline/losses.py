@@ -13,7 +13,10 @@ import keras
 import numpy as np
 from keras import ops
 
+from pipeline.data import class_weights
 from pipeline.errors import InputError
+
+__all__ = ["LOSSES", "WeightedBinaryCrossentropy", "class_weights", "make_loss"]  # class_weights: in pipeline.data
 
 LOSSES = ("weighted", "plain")
 
@@ -27,18 +30,7 @@ def make_loss(kind: str, labels: Any) -> keras.losses.Loss:
         return WeightedBinaryCrossentropy(*class_weights(labels))
     if kind == "plain":
         return keras.losses.BinaryCrossentropy()
-    raise InputError(f"loss {kind!r}: unknown loss; use one of {', '.join(LOSSES)}")
-
-
-def class_weights(labels: Any) -> tuple[np.ndarray, np.ndarray]:
-    """``(pos_weights, neg_weights) = (freq_neg, freq_pos)`` of an (images x findings) 0/1 label matrix.
-
-    ``labels`` is an array or the canonical label table of `pipeline.data.load_labels`.
-    """
-    from pipeline.data import compute_class_freqs
-
-    freq_pos, freq_neg = compute_class_freqs(labels)
-    return freq_neg, freq_pos
+    raise InputError(f"`loss` {kind!r}: unknown loss; use one of {', '.join(LOSSES)}")
 
 
 @keras.saving.register_keras_serializable(package="pipeline")

@@ -10,7 +10,9 @@ The backbone is built on the preprocessed tensor (not nested as one layer), so i
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
 import urllib.request
 import warnings
 import weakref
@@ -22,24 +24,29 @@ import h5py
 import keras
 import tensorflow as tf
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, reason
 from pipeline.findings import FINDINGS
+
+# Keras and urllib messages alone can be cryptic: keep the exception's type name.
+_why = functools.partial(reason, limit=153, typed=True)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CAM_LAYER = "relu"  # DenseNet121's last activation: 1024 feature maps at 1/32 of the input size
-PREDICTIONS = "predictions"  # the dense sigmoid head
+HEAD_LAYER = "predictions"  # the dense sigmoid head (a layer name; predictions.csv is `pipeline.results`)
 MIN_SIZE = 32  # DenseNet121's smallest input
 
 IMAGENET_FILE = "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"
 IMAGENET_URL = f"https://storage.googleapis.com/tensorflow/keras-applications/densenet/{IMAGENET_FILE}"
 IMAGENET_MD5 = "30ee3e1110167f948a6b9946edeeb738"
 PROBE_TIMEOUT_S = 10.0
-OFFLINE_HINT = "offline, use --weights none (random init) or --weights PATH (a local DenseNet121 notop .h5 file)"
+OFFLINE_HINT = "offline, use `weights` none (random init) or `weights` PATH (a local DenseNet121 notop .h5 file)"
 
 # model -> its traced inference function. The function holds a sub-model, never the model itself, so a
-# discarded model (weak key) frees its trace.
+# discarded model (weak key) frees its trace. The lock makes check-then-trace atomic: the app shares one
+# cached model between the threads of its sessions.
 _INFERENCE: weakref.WeakKeyDictionary[keras.Model, Callable[[Any], Any]] = weakref.WeakKeyDictionary()
+_INFERENCE_LOCK = threading.Lock()
 
 
 @keras.saving.register_keras_serializable(package="pipeline")
@@ -72,7 +79,7 @@ def build(image_size: int = 320, weights: str | os.PathLike[str] = "none") -> ke
         DenseNet121 ``include_top=False`` weights file (``.h5`` as Keras downloads it, or ``.weights.h5``).
     """
     if image_size < MIN_SIZE:
-        raise InputError(f"image size must be at least {MIN_SIZE} px for DenseNet121, got {image_size}")
+        raise InputError(f"`image_size` {image_size}: DenseNet121 needs at least {MIN_SIZE} px")
     weights_file = _weights_file(weights)  # before the slow build, so a bad option fails fast
 
     inputs = keras.Input(shape=(image_size, image_size, 1), name="image")
@@ -85,7 +92,7 @@ def build(image_size: int = 320, weights: str | os.PathLike[str] = "none") -> ke
         _load_backbone_weights(backbone, weights_file)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(backbone.output)
     # float32 head under any global policy: with mixed_float16 the sigmoid and the loss stay in float32.
-    x = keras.layers.Dense(len(FINDINGS), activation="sigmoid", name=PREDICTIONS, dtype="float32")(x)
+    x = keras.layers.Dense(len(FINDINGS), activation="sigmoid", name=HEAD_LAYER, dtype="float32")(x)
     outputs = FindingNames(FINDINGS, name="findings", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="densenet121_chestxray14")
 
@@ -111,12 +118,15 @@ def inference_function(model: keras.Model) -> Callable[[Any], tuple[Any, Any]]:
     both. ``x`` is a float32 ``[batch, size, size, 1]`` array of any batch size. The feature maps come at
     no extra cost and give Grad-CAM, so predictions and heatmaps share the one trace.
     """
-    if model not in _INFERENCE:
-        outputs = [model.get_layer(CAM_LAYER).output, model.get_layer(PREDICTIONS).output]
-        submodel = keras.Model(model.input, outputs)
-        spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
-        _INFERENCE[model] = tf.function(lambda x: tuple(submodel(x, training=False)), input_signature=[spec])
-    return _INFERENCE[model]
+    with _INFERENCE_LOCK:
+        function = _INFERENCE.get(model)
+        if function is None:
+            outputs = [model.get_layer(CAM_LAYER).output, model.get_layer(HEAD_LAYER).output]
+            submodel = keras.Model(model.input, outputs)
+            spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+            function = tf.function(lambda x: tuple(submodel(x, training=False)), input_signature=[spec])
+            _INFERENCE[model] = function
+    return function
 
 
 def save(model: keras.Model, path: str | os.PathLike[str]) -> None:
@@ -151,7 +161,7 @@ def load(path: str | os.PathLike[str]) -> keras.Model:
     try:
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:
-        raise InputError(f"{path}: cannot load the checkpoint ({_first_line(exc)}); {hint}") from None
+        raise InputError(f"{path}: cannot load the checkpoint ({_why(exc)}); {hint}") from None
     shape = tuple(model.input_shape[1:]) if isinstance(model, keras.Model) and len(model.inputs) == 1 else ()
     if len(shape) != 3 or shape[0] != shape[1] or shape[2] != 1:
         raise InputError(f"{path}: not a model for square grayscale images; {hint}")
@@ -168,9 +178,9 @@ def _weights_file(weights: str | os.PathLike[str]) -> str | None:
     if weights == "imagenet":
         return _imagenet_file()
     if not os.path.isfile(weights):
-        raise InputError(f"--weights {weights}: no such file; use imagenet, none, or the path of a weights file")
+        raise InputError(f"`weights` {weights}: no such file; use imagenet, none, or the path of a weights file")
     if not h5py.is_hdf5(weights):  # checked here so a wrong file fails before the slow build
-        raise InputError(f"--weights {weights}: not an HDF5 weights file; give a .h5 or .weights.h5 file")
+        raise InputError(f"`weights` {weights}: not an HDF5 weights file; give a .h5 or .weights.h5 file")
     return weights
 
 
@@ -183,13 +193,13 @@ def _imagenet_file() -> str:
         try:
             urllib.request.urlopen(urllib.request.Request(IMAGENET_URL, method="HEAD"), timeout=PROBE_TIMEOUT_S).close()
         except (OSError, ValueError) as exc:
-            raise InputError(f"cannot download the ImageNet weights ({_first_line(exc)}); {OFFLINE_HINT}") from None
+            raise InputError(f"cannot download the ImageNet weights ({_why(exc)}); {OFFLINE_HINT}") from None
     try:
         return keras.utils.get_file(
             IMAGENET_FILE, IMAGENET_URL, cache_subdir="models", file_hash=IMAGENET_MD5, cache_dir=cache_dir
         )
     except Exception as exc:
-        raise InputError(f"cannot download the ImageNet weights ({_first_line(exc)}); {OFFLINE_HINT}") from None
+        raise InputError(f"cannot download the ImageNet weights ({_why(exc)}); {OFFLINE_HINT}") from None
 
 
 def _load_backbone_weights(backbone: keras.Model, weights_file: str) -> None:
@@ -200,14 +210,9 @@ def _load_backbone_weights(backbone: keras.Model, weights_file: str) -> None:
             warnings.simplefilter("ignore")
             backbone.load_weights(weights_file)
     except Exception as exc:
+        why = _why(exc)
         raise InputError(
-            f"--weights {weights_file}: not DenseNet121 include_top=False weights ({_first_line(exc)}); "
+            f"`weights` {weights_file}: not DenseNet121 include_top=False weights ({why}); "
             "use a .h5 or .weights.h5 file saved from keras.applications.DenseNet121(include_top=False)"
         ) from None
 
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    text = lines[0].strip() if lines else ""
-    text = text[:150] + "..." if len(text) > 150 else text
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

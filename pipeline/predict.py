@@ -1,4 +1,4 @@
-"""Probabilities of the 14 findings for images, and the `python -m pipeline predict` command.
+"""Probabilities of the 14 findings for images, image files and label tables (the CLI's ``predict`` prints them).
 
 Images are decoded by `pipeline.imaging.load_image` and resized with `pipeline.imaging.resize` to the
 checkpoint's input size; everything else (channels, normalisation) happens inside the model.
@@ -6,21 +6,18 @@ checkpoint's input size; everything else (channels, normalisation) happens insid
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-import cv2
 import keras
 import numpy as np
+import pandas as pd
 
-from pipeline import gradcam, imaging
-from pipeline import model as model_lib
-from pipeline.errors import InputError
+from pipeline import imaging, model
+from pipeline.errors import InputError, first_items
+from pipeline.findings import FINDINGS
 
 BATCH_SIZE = 16
 
@@ -43,22 +40,22 @@ class Predictions(NamedTuple):
     errors: dict[str, str]
 
 
-def predict_images(model: keras.Model, images: Sequence[np.ndarray]) -> np.ndarray:
+def predict_images(net: keras.Model, images: Sequence[np.ndarray]) -> np.ndarray:
     """Probabilities ``[len(images), n_findings]`` of H x W grayscale images (any size; resized here)."""
-    size = model_lib.input_size(model)
+    size = model.input_size(net)
     resized = [imaging.resize(np.asarray(image), size) for image in images]
-    batches = [_forward(model, resized[i : i + BATCH_SIZE]) for i in range(0, len(resized), BATCH_SIZE)]
-    return np.concatenate(batches) if batches else _empty(model)
+    batches = [_forward(net, resized[i : i + BATCH_SIZE]) for i in range(0, len(resized), BATCH_SIZE)]
+    return np.concatenate(batches) if batches else _empty(net)
 
 
 def predict_paths(
-    model: keras.Model, paths: Iterable[str | os.PathLike[str]], batch_size: int = BATCH_SIZE
+    net: keras.Model, paths: Iterable[str | os.PathLike[str]], batch_size: int = BATCH_SIZE
 ) -> Predictions:
     """Load, resize and predict image files in batches; unreadable files are reported, not raised.
 
     Only one batch of images is held in memory at a time, so a whole test set can be predicted.
     """
-    size = model_lib.input_size(model)
+    size = model.input_size(net)
     batch: list[np.ndarray] = []
     results: list[np.ndarray] = []
     ok: list[str] = []
@@ -72,82 +69,43 @@ def predict_paths(
         batch.append(imaging.resize(image, size))
         ok.append(os.fspath(path))
         if len(batch) == batch_size:
-            results.append(_forward(model, batch))
+            results.append(_forward(net, batch))
             batch = []
     if batch:
-        results.append(_forward(model, batch))
-    probabilities = np.concatenate(results) if results else _empty(model)
+        results.append(_forward(net, batch))
+    probabilities = np.concatenate(results) if results else _empty(net)
     return Predictions(probabilities, ok, errors)
 
 
-def predict_from_args(args: argparse.Namespace) -> int:
-    """`python -m pipeline predict`: print the probabilities of each image, optionally write Grad-CAM overlays.
+def predict_table(
+    net: keras.Model, labels: pd.DataFrame, images_dir: str | os.PathLike[str]
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Predict the images of a label table (`pipeline.data.load_labels`) found in ``images_dir``.
 
-    Output per image: a block of 14 ``finding  probability`` rows, or with ``--json`` one line
-    ``{"image": path, "probabilities": {finding: p}}`` (plus ``"gradcam": {finding: png}`` with ``--gradcam``).
-    ``--gradcam DIR`` writes ``DIR/<stem>_<finding>.png`` overlays of the ``--top`` most probable findings.
-    Returns 0 when every image was predicted, 2 when some could not be read (each reason is on stderr and
-    the readable images are still predicted).
+    Returns
+    -------
+    predictions, skipped
+        ``Image`` and the 14 probabilities of the images that could be read, and ``{image: reason}`` for the
+        others.
     """
-    if args.top < 1:
-        raise InputError(f"--top must be at least 1, got {args.top}")
-    model = model_lib.load(args.checkpoint)
-    names = model_lib.finding_names(model)
-    if args.gradcam is not None:
-        try:
-            args.gradcam.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"--gradcam {args.gradcam}: cannot create the folder ({exc.strerror})") from None
-
-    failed = 0
-    for path in args.images:
-        try:
-            image = imaging.load_image(path)
-        except InputError as exc:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
-            failed += 1
-            continue
-        overlays: dict[str, str] = {}
-        if args.gradcam is None:
-            probabilities = predict_images(model, [image])[0]
-        else:
-            probabilities, maps = gradcam.heatmaps(model, image)
-            for k in np.argsort(-probabilities, kind="stable")[: args.top]:
-                out = args.gradcam / f"{Path(path).stem}_{names[k]}.png"
-                _write_png(out, gradcam.overlay(image, maps[k]))
-                overlays[names[k]] = str(out)
-        print(_format(path, names, probabilities, overlays, as_json=args.json), flush=True)
-    return 2 if failed else 0
+    names = model.finding_names(net)
+    if sorted(names) != sorted(FINDINGS):
+        raise InputError(
+            f"the checkpoint predicts {first_items(names)}, not the 14 NIH findings; use a model from train"
+        )
+    paths = [os.fspath(Path(images_dir) / image) for image in labels["Image"]]
+    image_of = dict(zip(paths, labels["Image"], strict=True))
+    result = predict_paths(net, paths)
+    table = pd.DataFrame(result.probabilities.astype(np.float64), columns=names)[list(FINDINGS)]
+    table.insert(0, "Image", [image_of[path] for path in result.paths])
+    return table, {image_of[path]: why for path, why in result.errors.items()}
 
 
-def _forward(model: keras.Model, images: list[np.ndarray]) -> np.ndarray:
+def _forward(net: keras.Model, images: list[np.ndarray]) -> np.ndarray:
     x = np.stack(images)[..., np.newaxis].astype(np.float32)
-    _, probabilities = model_lib.inference_function(model)(x)
+    _, probabilities = model.inference_function(net)(x)
     return probabilities.numpy().astype(np.float32)
 
 
-def _empty(model: keras.Model) -> np.ndarray:
-    return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
-
-
-def _format(path: Path, names: list[str], probabilities: np.ndarray, overlays: dict[str, str], as_json: bool) -> str:
-    if as_json:
-        scores = {name: round(float(p), 6) for name, p in zip(names, probabilities, strict=True)}
-        record = {"image": str(path), "probabilities": scores}
-        if overlays:
-            record["gradcam"] = overlays
-        return json.dumps(record)
-    width = max(len(name) for name in names)
-    lines = [str(path)]
-    lines += [f"  {name:<{width}}  {p:6.3f}" for name, p in zip(names, probabilities, strict=True)]
-    lines += [f"  Grad-CAM {name}: {out}" for name, out in overlays.items()]
-    return "\n".join(lines) + "\n"
-
-
-def _write_png(path: Path, rgb: np.ndarray) -> None:
-    try:
-        written = cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    except cv2.error:
-        written = False
-    if not written:
-        raise InputError(f"{path}: cannot write the Grad-CAM overlay; check the --gradcam folder")
+def _empty(net: keras.Model) -> np.ndarray:
+    return np.zeros((0, net.output_shape[-1]), dtype=np.float32)

@@ -38,8 +38,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline import data, imaging
-from pipeline.errors import InputError, reason
-from pipeline.files import sha256_of, write_csv_atomic, write_json_atomic
+from pipeline.errors import InputError
+from pipeline.files import read_json_object, sha256_of, write_csv_atomic, write_json_atomic
 from pipeline.findings import FINDINGS
 from pipeline.progress import ProgressBar
 
@@ -111,13 +111,13 @@ def prepare(
         A bad label file, a missing image folder, ``out_dir`` holding something else, or no readable image.
     """
     if image_size < MIN_IMAGE_SIZE:
-        raise InputError(f"image_size {image_size}: prepare at least {MIN_IMAGE_SIZE} px, DenseNet121's smallest input")
+        raise InputError(f"`image_size` {image_size}: prepare at least {MIN_IMAGE_SIZE} px (DenseNet121's minimum)")
     workers = workers or os.cpu_count() or 1
     if workers < 1:
-        raise InputError(f"workers {workers}: use at least 1 decoding process")
+        raise InputError(f"`workers` {workers}: use at least 1 decoding process")
     folder = Path(images_dir)
     if not folder.is_dir():
-        raise InputError(f"{folder}: image folder not found; check the images folder")
+        raise InputError(f"{folder}: image folder not found; check `images_dir`")
     table = data.load_labels(labels)
     if table.empty:
         raise InputError(f"{Path(labels).name}: the label file lists no image")
@@ -157,9 +157,9 @@ def prepare(
 def _start_or_continue(out: Path, plan: dict[str, Any]) -> dict[str, Any] | None:
     """Check ``out`` holds nothing else; return its manifest when this preparation is already complete."""
     if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: is a file; give a folder for the prepared data")
+        raise InputError(f"{out}: is a file; give a folder as `out_dir`")
     different = f"{out} holds a different preparation"
-    fix = "give another output folder, or delete it to start over"
+    fix = "give another `out_dir`, or delete it to start over"
     if (out / MANIFEST).is_file() or (out / PLAN).is_file():
         saved = _read_json(out / PLAN) if (out / PLAN).is_file() else _read_json(out / MANIFEST).get("plan", {})
         changed = {_WHAT.get(key, key) for key in plan if saved.get(key) != plan[key]}
@@ -171,7 +171,7 @@ def _start_or_continue(out: Path, plan: dict[str, Any]) -> dict[str, Any] | None
             leftover.unlink(missing_ok=True)
         return None
     if out.is_dir() and any(out.iterdir()):
-        raise InputError(f"{out} is not empty and holds no preparation; give another output folder, or empty it")
+        raise InputError(f"{out} is not empty and holds no preparation; give another `out_dir`, or empty it")
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(plan, out / PLAN)
     return None
@@ -243,13 +243,7 @@ def _finish(
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise InputError(f"{path}: unreadable ({reason(exc)}); delete the folder and prepare again") from None
-    if not isinstance(value, dict):
-        raise InputError(f"{path}: not a JSON object; delete the folder and prepare again")
-    return value
+    return read_json_object(path, "delete the folder and prepare again")
 
 
 # --- decoding and writing --------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Find training runs, checkpoints and evaluations under an artifacts folder, and read what they record.
 
-The layout, written by `pipeline.train` and `pipeline.evaluate`::
+The layout, written by `pipeline.train` and `pipeline.evaluate` (evaluation folders are read through
+`pipeline.results`)::
 
     artifacts/runs/<name>/config.json     how the run was made
                           history.csv     one row per epoch
@@ -10,23 +11,20 @@ The layout, written by `pipeline.train` and `pipeline.evaluate`::
 
 Any folder under the artifacts folder holding a ``metrics.json`` counts as an evaluation, so evaluations
 written elsewhere (e.g. ``artifacts/scratch/``) are found too. Only small text files are read here, never
-a model, so the dashboard can list runs without importing TensorFlow.
+a model, so the dashboard can list runs without importing TensorFlow. The default artifacts folder is
+`pipeline.paths.artifacts_dir`.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from pipeline.cli import REPO_ROOT
 from pipeline.errors import InputError, reason
+from pipeline.files import read_json_object
 
-ENV_VAR = "CHESTXRAY_ARTIFACTS"  # overrides the default artifacts folder (tests point it at a temporary one)
-DEFAULT_ARTIFACTS = REPO_ROOT / "artifacts"
 DEMO_RUN = "densenet121-128-weighted"  # the run whose checkpoint ships with the repository (README, Demo model)
 
 
@@ -39,11 +37,6 @@ class Run:
     checkpoint: Path | None  # best.keras, else the newest of checkpoints/*.keras
     checkpoints: tuple[Path, ...]
     evaluations: tuple[Path, ...]
-
-
-def artifacts_dir() -> Path:
-    """The artifacts folder: ``$CHESTXRAY_ARTIFACTS`` when set, else ``artifacts/`` in the repository."""
-    return Path(os.environ.get(ENV_VAR) or DEFAULT_ARTIFACTS)
 
 
 def find_runs(artifacts: str | Path) -> list[Run]:
@@ -65,25 +58,10 @@ def find_evaluations(artifacts: str | Path) -> list[Path]:
     return sorted(path.parent for path in Path(artifacts).rglob("metrics.json"))
 
 
-def label(path: str | Path, artifacts: str | Path) -> str:
-    """A short name for a folder: its path relative to the artifacts folder (``runs/demo/eval-test``)."""
-    try:
-        return Path(path).resolve().relative_to(Path(artifacts).resolve()).as_posix()
-    except ValueError:
-        return Path(path).as_posix()
-
-
 def read_config(run_dir: str | Path) -> dict:
     """The run's ``config.json``, or ``{}`` when the run has none."""
-    return _read_json(Path(run_dir) / "config.json", missing={})
-
-
-def read_metrics(eval_dir: str | Path) -> dict:
-    """An evaluation's ``metrics.json`` as a dict (raises `InputError` when missing or unreadable)."""
-    path = Path(eval_dir) / "metrics.json"
-    if not path.is_file():
-        raise InputError(f"{path}: no metrics.json; make one with `python -m pipeline evaluate`")
-    return _read_json(path, missing={})
+    path = Path(run_dir) / "config.json"
+    return read_json_object(path, "rewrite or delete it") if path.is_file() else {}
 
 
 def read_history(run_dir: str | Path) -> pd.DataFrame | None:
@@ -99,15 +77,3 @@ def read_history(run_dir: str | Path) -> pd.DataFrame | None:
         raise InputError(f"{path}: no 'epoch' column; expected the history.csv written by `python -m pipeline train`")
     return history
 
-
-def _read_json(path: Path, missing: dict) -> dict:
-    if not path.is_file():
-        return missing
-    try:
-        with open(path) as handle:
-            value = json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-        raise InputError(f"{path}: not valid JSON ({reason(exc)}); rewrite or delete it") from None
-    if not isinstance(value, dict):
-        raise InputError(f"{path}: expected a JSON object, got {type(value).__name__}")
-    return value

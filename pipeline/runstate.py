@@ -21,7 +21,6 @@ moves it on: best AUC, the learning-rate plateau rule and early stopping.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -32,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import InputError
-from pipeline.files import write_csv_atomic, write_json_atomic
+from pipeline.files import read_json_object, write_csv_atomic, write_json_atomic
 from pipeline.findings import FINDINGS
 
 CONFIG = "config.json"
@@ -65,9 +64,9 @@ def check_run_folder(out: Path, resume: bool) -> None:
         raise InputError(f"{out}: is a file; give a folder for the run")
     holds_run = any((out / name).exists() for name in (CONFIG, STATE, HISTORY, BEST, CHECKPOINTS))
     if holds_run and not resume:
-        raise InputError(f"{out} already holds a training run; pass resume to continue it, or choose another folder")
+        raise InputError(f"{out} already holds a training run; add `resume` to continue it, or choose another folder")
     if resume and not (out / CONFIG).is_file():
-        raise InputError(f"{out}: no run to resume (no {CONFIG}); start a new run there instead")
+        raise InputError(f"{out}: no run to resume (no {CONFIG}); drop `resume` to start a new run there")
 
 
 def start(out: Path, config: dict[str, Any]) -> None:
@@ -86,7 +85,7 @@ def read_for_resume(out: Path, config: dict[str, Any], log: Callable[[str], Any]
     for key, what in (("train_sha256", "training"), ("valid_sha256", "validation")):
         if saved.get(key) != config[key]:
             raise InputError(
-                f"resume: the {what} data differs from the data run {out} was started with (SHA-256 of the labels); "
+                f"`resume`: the {what} data differs from the data run {out} was started with (SHA-256 of the labels); "
                 "resume with the same data, or start a new run in another folder"
             )
     changed = [
@@ -96,7 +95,7 @@ def read_for_resume(out: Path, config: dict[str, Any], log: Callable[[str], Any]
     ]
     if changed:
         raise InputError(
-            f"resume: settings differ from run {out} ({'; '.join(changed)}); "
+            f"`resume`: settings differ from run {out} ({'; '.join(changed)}); "
             "pass the original values, or start a new run in another folder"
         )
     for key in ("epochs", "patience"):
@@ -202,11 +201,7 @@ def remove_leftovers(out: Path, last_epoch: int) -> None:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    try:
-        with open(path) as file:
-            return json.load(file)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: cannot be read ({exc}); the run folder is damaged, start a new run") from None
+    return read_json_object(path, "the run folder is damaged; start a new run")
 
 
 def format_auc(value: float | None) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline.data import compute_class_freqs, label_matrix
+from pipeline.data import class_weights, compute_class_freqs, label_matrix
 from pipeline.errors import InputError
 from pipeline.findings import FINDINGS, NO_FINDING
 
@@ -142,10 +142,10 @@ def loss_contributions(table: pd.DataFrame) -> pd.DataFrame:
     The course's definition: before weighting, positives contribute ``freq_pos`` and negatives ``freq_neg``;
     the weighted loss multiplies them by ``w_pos = freq_neg`` and ``w_neg = freq_pos``, so afterwards both
     contribute ``freq_pos * freq_neg`` and the imbalance is gone. Index: the 14 findings; columns
-    ``freq_pos``, ``freq_neg``, ``pos_before``, ``neg_before``, ``pos_after``, ``neg_after``.
+    ``freq_pos``, ``freq_neg``, ``pos_before``, ``neg_before``, ``pos_after``, ``neg_after``, ``w_pos``, ``w_neg``.
     """
     freq_pos, freq_neg = compute_class_freqs(table)
-    w_pos, w_neg = freq_neg, freq_pos
+    w_pos, w_neg = class_weights(table)
     return pd.DataFrame(
         {
             "freq_pos": freq_pos,
@@ -154,6 +154,8 @@ def loss_contributions(table: pd.DataFrame) -> pd.DataFrame:
             "neg_before": freq_neg,
             "pos_after": freq_pos * w_pos,
             "neg_after": freq_neg * w_neg,
+            "w_pos": w_pos,
+            "w_neg": w_neg,
         },
         index=pd.Index(FINDINGS, name="finding"),
     )

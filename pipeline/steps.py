@@ -56,14 +56,14 @@ def make_train_step(
     """
     if global_batch_size < strategy.num_replicas_in_sync:
         raise InputError(
-            f"batch size {global_batch_size} is smaller than the {strategy.num_replicas_in_sync} replicas; "
+            f"`batch_size` {global_batch_size} is smaller than the {strategy.num_replicas_in_sync} replicas; "
             "use a global batch of at least one image per replica"
         )
     if jit_compile and strategy.num_replicas_in_sync > 1:
         # XLA read a replica's variable from another device here; Keras's fit turns XLA off under tf.distribute too.
         raise InputError(
-            f"--jit-compile works on one device only, not with {strategy.num_replicas_in_sync} replicas; "
-            "drop --jit-compile or use --strategy one"
+            f"`jit_compile` works on one device only, not with {strategy.num_replicas_in_sync} replicas; "
+            "drop `jit_compile` or use `strategy` one"
         )
     mixed = keras.mixed_precision.global_policy().name == "mixed_float16"
     scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)

@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from pipeline import data, datasets, distribute, metrics, runstate, steps
 from pipeline import model as model_lib
-from pipeline.errors import InputError
+from pipeline.errors import InputError, reason
 from pipeline.files import sha256_of
 from pipeline.findings import FINDINGS
 from pipeline.losses import class_weights, make_loss
@@ -104,7 +104,7 @@ def train(
     me = distribute.role(strategy)
     replicas = strategy.num_replicas_in_sync
     if batch_size % replicas:
-        raise InputError(f"batch size {batch_size} does not divide among {replicas} replicas; use a multiple of it")
+        raise InputError(f"`batch_size` {batch_size} does not divide among {replicas} replicas; use a multiple of it")
     out = Path(out_dir)
     if me.is_chief:
         runstate.check_run_folder(out, resume)
@@ -292,7 +292,7 @@ def _validate(
         labels.append(y.numpy())
     probabilities, y_valid = np.concatenate(probabilities), np.concatenate(labels)
     if not np.isfinite(probabilities).all():
-        raise InputError(f"training diverged at epoch {epoch} (non-finite predictions); use a lower learning rate")
+        raise InputError(f"training diverged at epoch {epoch} (non-finite predictions); use a lower `lr`")
     val_loss = float(keras.ops.convert_to_numpy(loss_fn(y_valid, probabilities)))
     return (val_loss, *validation_auc(y_valid, probabilities))
 
@@ -349,8 +349,8 @@ def _load_checkpoint(out: Path, state: dict[str, Any], net: keras.Model, optimiz
     try:
         saved = keras.saving.load_model(path, compile=True, safe_mode=True)
     except Exception as exc:
-        reason = (str(exc).strip().splitlines() or [""])[0][:150]
-        raise InputError(f"{path}: cannot load ({type(exc).__name__}: {reason}); the checkpoint is damaged") from None
+        why = reason(exc, limit=150, typed=True)
+        raise InputError(f"{path}: cannot load ({why}); the checkpoint is damaged") from None
     iterations = int(saved.optimizer.iterations)
     if iterations != state["optimizer_iterations"]:
         raise InputError(
@@ -367,7 +367,7 @@ def _init_checkpoint(path: str | os.PathLike[str], image_size: int) -> keras.Mod
     model = model_lib.load(path)
     if model_lib.input_size(model) != image_size:
         raise InputError(
-            f"{path}: takes {model_lib.input_size(model)} px images, not image size {image_size}; "
+            f"{path}: takes {model_lib.input_size(model)} px images, not `image_size` {image_size}; "
             f"train at {model_lib.input_size(model)} px or start from another checkpoint"
         )
     names = model_lib.finding_names(model)
@@ -454,17 +454,17 @@ def _logged_epochs(folder: Path) -> int:
 
 def _check_options(image_size: int, epochs: int, batch_size: int, lr: float, patience: int, seed: int) -> None:
     if image_size < model_lib.MIN_SIZE:
-        raise InputError(f"image size {image_size}: DenseNet121 needs at least {model_lib.MIN_SIZE} px")
+        raise InputError(f"`image_size` {image_size}: DenseNet121 needs at least {model_lib.MIN_SIZE} px")
     if epochs < 1:
-        raise InputError(f"epochs {epochs}: train for at least 1 epoch")
+        raise InputError(f"`epochs` {epochs}: train for at least 1 epoch")
     if batch_size < 1:
-        raise InputError(f"batch size {batch_size}: must be at least 1")
+        raise InputError(f"`batch_size` {batch_size}: must be at least 1")
     if not (math.isfinite(lr) and lr > 0):
-        raise InputError(f"learning rate {lr}: must be a positive number, e.g. 1e-4")
+        raise InputError(f"`lr` {lr}: the learning rate must be a positive number, e.g. 1e-4")
     if patience < 1:
-        raise InputError(f"patience {patience}: must be at least 1 epoch")
+        raise InputError(f"`patience` {patience}: must be at least 1 epoch")
     if not 0 <= seed < 2**32:
-        raise InputError(f"seed {seed}: must be a whole number from 0 to 2**32 - 1")
+        raise InputError(f"`seed` {seed}: must be a whole number from 0 to 2**32 - 1")
 
 
 def _finished(state: dict[str, Any], epochs: int, patience: int) -> bool:

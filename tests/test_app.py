@@ -23,7 +23,7 @@ MAIN = str(REPO / "app" / "main.py")
 TIMEOUT = 60  # seconds per script run: the first Predict run imports TensorFlow and loads the model
 
 
-def build_artifacts(root: Path, model) -> Path:
+def build_artifacts(root: Path, net) -> Path:
     """An artifacts folder holding what `train` and `evaluate` write, for a 64 px random-init model.
 
     ``runs/tiny``: best.keras, a stand-in config.json and history.csv, and real evaluations of its
@@ -31,14 +31,13 @@ def build_artifacts(root: Path, model) -> Path:
     ``runs/noisy-labels/eval-test``: the test labels plus noise, a second scorer of the same images to compare.
     Evaluations go through `python -m pipeline evaluate --predictions`, so they are exactly what the CLI writes.
     """
-    from pipeline import data, evaluate
-    from pipeline import model as model_lib
+    from pipeline import data, model, predict
     from pipeline.cli import main
 
     run = root / "runs" / "tiny"
-    model_lib.save(model, run / "best.keras")
+    model.save(net, run / "best.keras")
     config = {"train": "nih/train-small.csv", "valid": "nih/valid-small.csv", "images": "nih/images",
-              "image_size": model_lib.input_size(model), "epochs": 3, "weights": "none", "loss": "weighted",
+              "image_size": model.input_size(net), "epochs": 3, "weights": "none", "loss": "weighted",
               "n_train": 439, "n_valid": 55}
     (run / "config.json").write_text(json.dumps(config, indent=2))
     history = {"epoch": [1, 2, 3], "loss": [0.41, 0.33, 0.30], "val_loss": [0.45, 0.40, 0.41],
@@ -48,7 +47,7 @@ def build_artifacts(root: Path, model) -> Path:
     predictions = {}
     for part in ("valid-small", "test"):
         labels = data.load_labels(NIH / f"{part}.csv")
-        predictions[part], _ = evaluate.predict_table(model, labels, IMAGES)
+        predictions[part], _ = predict.predict_table(net, labels, IMAGES)
         predictions[part].to_csv(root / f"{part}-predictions.csv", index=False)
     common = ["--images", str(IMAGES), "--bootstrap", "200"]
     assert main(["evaluate", "--predictions", str(root / "valid-small-predictions.csv"), "--labels",
@@ -246,3 +245,70 @@ def test_predict_sample_upload_and_corrupt_file(app):
     assert "broken.png" in message and "\n" not in message
     app.file_uploader[0].set_value(None).run()  # back to the sample image: the page still works
     assert not app.error and len(app.image) == 2
+
+
+# --- damaged artifacts: one error frame ---------------------------------------------------------------------------
+
+PAGES = ("home", "dataset", "leakage", "balance", "performance", "predict")
+
+
+def damage(artifacts: Path, tmp_path: Path, kind: str) -> Path:
+    """A copy of the test artifacts with one file broken as a crash or a careless hand would leave it."""
+    import shutil
+
+    copy = tmp_path / "artifacts"
+    shutil.copytree(artifacts, copy)
+    run = copy / "runs" / "tiny"
+    if kind == "corrupt-metrics":
+        (run / "eval-test" / "metrics.json").write_text('{"n_images": 55, "auc": {"Atelect')
+    elif kind == "truncated-history":
+        (run / "history.csv").write_text('epoch,loss,val_loss,val_mean_auc,lr\n1,0.41,"0.4')
+    elif kind == "missing-checkpoint":
+        (run / "best.keras").unlink()
+    return copy
+
+
+@pytest.mark.parametrize("page", PAGES)
+@pytest.mark.parametrize("kind", ["corrupt-metrics", "truncated-history", "missing-checkpoint"])
+def test_damaged_artifacts_never_end_a_page_in_a_traceback(artifacts, tmp_path, monkeypatch, kind, page):
+    """Each page with a broken file: no exception, the problem in one red box, the other sections still drawn."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("CHESTXRAY_ARTIFACTS", str(damage(artifacts, tmp_path, kind)))
+    monkeypatch.chdir(REPO)
+    at = AppTest.from_file(MAIN, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    if kind == "missing-checkpoint":  # no run has a checkpoint now, so the sidebar starts at another run
+        widget(at.sidebar.selectbox, "Run").set_value("tiny").run()
+    if page != "home":
+        open_page(at, page)
+    errors = [e.value for e in at.error]
+    body = text(at)
+    assert all("\n" not in e for e in errors), errors
+    if kind == "corrupt-metrics" and page in ("home", "performance", "predict"):
+        assert errors and all("metrics.json: unreadable" in e and "run the evaluation again" in e for e in errors)
+    elif kind == "truncated-history" and page == "performance":
+        assert errors and all("history.csv: cannot be read as CSV" in e for e in errors)
+    else:
+        assert not errors, errors
+    # the sections the damage does not touch are still there
+    if page == "home":
+        assert metric(at, "Images") == "549" and "Intended use" in [h.value for h in at.subheader]
+        assert "trained from scratch" in body  # the run's config is intact
+        if kind == "missing-checkpoint":
+            assert "no checkpoint yet" in body and "python -m pipeline train" in body
+    elif page == "performance":
+        if kind == "corrupt-metrics":  # the test evaluation is unreadable: the others are offered
+            assert "runs/tiny/eval-valid" in widget(at.multiselect, "Evaluations").options
+        else:
+            assert len(at.get("plotly_chart")) >= 3
+    elif page == "predict":
+        if kind == "missing-checkpoint":
+            assert "has no checkpoint yet" in body
+        else:
+            assert len(at.get("plotly_chart")) == 1 and len(at.image) == 2
+            marked = "no operating thresholds are marked" in body
+            assert marked == (kind == "corrupt-metrics")
+    elif page == "balance":
+        assert len(at.get("plotly_chart")) == 2

@@ -61,14 +61,14 @@ def start_app(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
 @pytest.fixture(scope="module")
 def served(request, tmp_path_factory) -> Iterator[tuple[str, Path]]:
     """The running app's URL and the artifacts folder it reads: the demo model's, or the tiny test model's."""
-    from pipeline import runs
+    from pipeline import paths, runs
 
     env = {**os.environ}
-    env.pop(runs.ENV_VAR, None)
-    folder = runs.DEFAULT_ARTIFACTS
+    env.pop(paths.ARTIFACTS_ENV, None)
+    folder = paths.default_artifacts_dir()
     if not any(run.checkpoint for run in runs.find_runs(folder)):  # no demo model committed
         folder = request.getfixturevalue("artifacts")
-        env[runs.ENV_VAR] = str(folder)
+        env[paths.ARTIFACTS_ENV] = str(folder)
     process, url = start_app(env, tmp_path_factory.mktemp("log") / "streamlit.log")
     yield url, folder
     process.terminate()

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pandas as pd
-from conftest import METADATA, NIH, REPO
+from conftest import METADATA, NIH, REPO, run_main
 
 SPLITS = [NIH / "train-small.csv", NIH / "valid-small.csv", NIH / "test.csv"]
 
@@ -94,4 +94,48 @@ def test_errors_are_one_line(tmp_path):
     bad = tmp_path / "bad.csv"
     pd.read_csv(SPLITS[1]).drop(columns="PatientId").to_csv(bad, index=False)
     assert_one_line_error(run("leakage", SPLITS[0], bad), "bad.csv", "PatientId")
-    assert_one_line_error(run("split", "--labels", SPLITS[1], "--out", tmp_path, "--valid", "0.9"), "shares")
+    split = run("split", "--labels", SPLITS[1], "--out", tmp_path, "--valid", "0.9")
+    assert_one_line_error(split, "shares", "--valid 0.9")
+
+
+def test_library_parameters_are_printed_as_flags():
+    from pipeline.cli import as_flags
+
+    assert as_flags("`n_bootstrap` must be 0 or more") == "--bootstrap must be 0 or more"
+    assert as_flags("`checkpoint` needs `images`, the folder") == "--checkpoint needs --images, the folder"
+    assert as_flags("run `python -m pipeline evaluate`") == "run `python -m pipeline evaluate`"  # not a parameter
+    assert as_flags("`unknown_name` stays") == "`unknown_name` stays"
+
+
+def test_model_errors_name_the_train_flags(tmp_path, capsys):
+    """A library error raised under `train` (the bad weights file) is printed with the flag that set it."""
+    train = ["train", "--train", SPLITS[0], "--valid", SPLITS[1], "--images", NIH / "images", "--out", tmp_path / "r"]
+    code, _, err = run_main(capsys, *train, "--weights", tmp_path / "missing.h5", "--image-size", "64", "--epochs", "1")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--weights" in err and "missing.h5: no such file" in err and "`weights`" not in err
+
+
+def test_the_library_never_imports_the_command_line():
+    """Only pipeline/__main__.py and pipeline/cli/ may import pipeline.cli; the app never does."""
+    import ast
+
+    for path in [*(REPO / "pipeline").glob("*.py"), *(REPO / "app").rglob("*.py")]:
+        if path.name == "__main__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                imported = [node.module or "", *(f"{node.module}.{alias.name}" for alias in node.names)]
+            else:
+                continue
+            assert not any(n == "pipeline.cli" or n.startswith("pipeline.cli.") for n in imported), path
+
+
+def test_help_from_any_folder(tmp_path):
+    """`python -m pipeline --help` lists every command, whatever the working folder."""
+    result = subprocess.run([sys.executable, "-m", "pipeline", "--help"], capture_output=True, text=True,
+                            cwd=tmp_path, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    for command in ("stats", "leakage", "split", "audit", "train", "predict", "evaluate", "compare"):
+        assert command in result.stdout

@@ -102,7 +102,7 @@ def test_image_missing_from_folder(tmp_path):
     path = tmp_path / "labels.csv"
     frame.to_csv(path, index=False)
     message = _error(path, images_dir=IMAGES)
-    assert "1 of 55" in message and "99999999_000.png" in message and "--images" in message
+    assert "1 of 55" in message and "99999999_000.png" in message and "`images_dir`" in message  # CLI: --images
 
 
 @pytest.mark.parametrize(

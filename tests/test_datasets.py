@@ -99,7 +99,7 @@ def test_sizes_and_refusals(sources, tmp_path):
     prepared, _ = sources
     small = next(iter(datasets.evaluation_batches(prepared, 32, 4)))[0]
     assert small.shape == (4, 32, 32, 1)
-    with pytest.raises(InputError, match="prepared at 64 px, smaller than image size 96"):
+    with pytest.raises(InputError, match="prepared at 64 px, smaller than `image_size` 96"):
         datasets.training_batches(prepared, 96, BATCH, 1, 0)
     with pytest.raises(InputError, match="without manifest.json"):
         datasets.open_source(tmp_path)

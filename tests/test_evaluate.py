@@ -1,79 +1,33 @@
-"""`python -m pipeline evaluate` and `compare` on the real NIH test split, with predictions written here."""
+"""`python -m pipeline evaluate` on the real NIH test split, with predictions written here.
+
+The helpers and the `evaluated` fixture are in conftest.py; `compare` is tests/test_compare.py.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import IMAGES, NIH, REPO
+from conftest import (
+    FILES,
+    IMAGES,
+    REPO,
+    TEST_LABELS,
+    VALID_LABELS,
+    assert_one_line_error,
+    run_main,
+    strict_json,
+    write_predictions,
+)
 from sklearn import metrics as sk
 
-from pipeline import evaluate, metrics
-from pipeline.cli import main
-from pipeline.errors import InputError
+from pipeline import metrics, results
 from pipeline.findings import FINDINGS
-
-TEST_LABELS = NIH / "test.csv"  # 55 images, every finding with at least one positive (Edema: exactly one)
-VALID_LABELS = NIH / "valid-small.csv"
-FILES = {"predictions.csv", "labels.csv", "metrics.json", "roc.csv", "pr.csv", "calibration.csv"}
-
-
-def write_predictions(labels_csv, path, seed=0, signal=0.3):
-    """Probabilities that lean towards the labels, rounded to 2 decimals so that ties occur."""
-    labels = pd.read_csv(labels_csv)
-    rng = np.random.default_rng(seed)
-    y = labels[list(FINDINGS)].to_numpy()
-    table = pd.DataFrame(np.round(np.clip(signal * y + rng.random(y.shape) * (1 - signal), 0, 1), 2), columns=FINDINGS)
-    table.insert(0, "Image", labels["Image"])
-    table.to_csv(path, index=False)
-    return path
-
-
-def strict_json(path):
-    """metrics.json must be standard JSON: NaN or Infinity would fail here."""
-    return json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in {path}"))
-
-
-def run_main(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *words):
-    assert code == 2
-    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
-    for word in words:
-        assert word in err, err
-
-
-@pytest.fixture(scope="module")
-def evaluated(tmp_path_factory):
-    """An evaluation of the test split with default thresholds; returns (folder, predictions CSV)."""
-    root = tmp_path_factory.mktemp("eval")
-    predictions = write_predictions(TEST_LABELS, root / "preds.csv")
-    out = root / "eval-a"
-    argv = ["evaluate", "--predictions", predictions, "--labels", TEST_LABELS, "--out", out, "--bootstrap", "300"]
-    assert main([str(a) for a in argv]) == 0
-    return out, predictions
-
-
-@pytest.fixture(scope="module")
-def second(tmp_path_factory):
-    """A weaker model's evaluation of the same images."""
-    root = tmp_path_factory.mktemp("eval")
-    predictions = write_predictions(TEST_LABELS, root / "preds.csv", seed=1, signal=0.1)
-    out = root / "eval-b"
-    argv = ["evaluate", "--predictions", predictions, "--labels", TEST_LABELS, "--out", out, "--bootstrap", "50"]
-    assert main([str(a) for a in argv]) == 0
-    return out
-
 
 # --- evaluate --------------------------------------------------------------------------------------------------
 
@@ -110,20 +64,20 @@ def test_evaluate_writes_every_file_and_the_metrics_match_sklearn(evaluated):
 
 def test_curve_files_need_no_recomputation(evaluated):
     out, predictions_csv = evaluated
-    loaded = evaluate.load_eval(out)
+    loaded = results.read_evaluation(out)
     labels, scores = pd.read_csv(TEST_LABELS), pd.read_csv(predictions_csv)
     for finding in ("Atelectasis", "Edema"):
         y, s = labels[finding], scores[finding]
-        roc = loaded["roc"][loaded["roc"]["finding"] == finding]
+        roc = loaded.roc[loaded.roc["finding"] == finding]
         fpr, tpr, thresholds = sk.roc_curve(y, s)
         np.testing.assert_allclose(roc[["fpr", "tpr", "threshold"]].to_numpy().T, [fpr, tpr, thresholds])
-        pr = loaded["pr"][loaded["pr"]["finding"] == finding]
+        pr = loaded.pr[loaded.pr["finding"] == finding]
         precision, recall, cut = sk.precision_recall_curve(y, s, drop_intermediate=True)
         np.testing.assert_allclose(pr["precision"], precision)
         np.testing.assert_allclose(pr["recall"], recall)
         np.testing.assert_allclose(pr["threshold"], np.r_[cut, np.nan])
-    assert len(loaded["calibration"]) == 10 * len(FINDINGS)
-    assert loaded["metrics"]["n_images"] == 55
+    assert len(loaded.calibration) == 10 * len(FINDINGS)
+    assert loaded.summary.n_images == 55
 
 
 def test_the_command_line_entry_point(tmp_path):
@@ -277,79 +231,6 @@ def test_option_errors_are_one_line(evaluated, tmp_path, capsys):
     assert_one_line_error(code, err, "--bootstrap")
     code, _, err = run_main(capsys, *base, "--predictions", tmp_path / "nowhere.csv")
     assert_one_line_error(code, err, "nowhere.csv", "not found")
-
-
-# --- compare ---------------------------------------------------------------------------------------------------
-
-
-def test_compare_table_and_json(evaluated, second, capsys):
-    first, _ = evaluated
-    code, table, _ = run_main(capsys, "compare", first, second, "--bootstrap", "200")
-    assert code == 0
-    assert f"reference: {first}" in table and "DeLong p" in table
-    assert all(finding in table for finding in FINDINGS) and "\nmean " in table
-
-    code, out, _ = run_main(capsys, "compare", first, second, "--bootstrap", "200", "--json")
-    assert code == 0
-    result = json.loads(out, parse_constant=lambda name: pytest.fail(name))
-    assert result["n_images"] == 55 and result["reference"] == str(first)
-    (comparison,) = result["comparisons"]
-    reference_auc, other_auc = strict_json(first / "metrics.json")["auc"], strict_json(second / "metrics.json")["auc"]
-    for finding, row in comparison["findings"].items():
-        assert row["auc_reference"] == pytest.approx(reference_auc[finding], abs=1e-12)
-        assert row["auc"] == pytest.approx(other_auc[finding], abs=1e-12)
-        assert row["difference"] == pytest.approx(row["auc"] - row["auc_reference"], abs=1e-12)
-        assert row["difference_ci"][0] <= row["difference"] <= row["difference_ci"][1]
-        if finding == "Edema":  # a single positive image: DeLong has no variance estimate
-            assert row["p_value"] is None
-        else:
-            assert 0 <= row["p_value"] <= 1
-    mean = comparison["mean"]
-    assert mean["difference"] == pytest.approx(mean["auc"] - mean["auc_reference"])
-    assert mean["difference_ci"][0] <= mean["difference"] <= mean["difference_ci"][1]
-    assert mean["n_findings"] == 14
-
-
-def test_compare_with_itself_finds_no_difference(evaluated):
-    first, _ = evaluated
-    result = evaluate.compare([first, first], n_bootstrap=30, seed=0)
-    for finding, row in result["comparisons"][0]["findings"].items():
-        assert row["difference"] == 0 and row["difference_ci"] == [0.0, 0.0]
-        assert row["p_value"] == (None if finding == "Edema" else 1.0)  # one positive: no DeLong variance
-    frame = evaluate.comparison_frame(result)
-    assert len(frame) == len(FINDINGS) + 1 and frame["finding"].iloc[-1] == "mean"
-
-
-def test_compare_refuses_different_label_files(evaluated, tmp_path, capsys):
-    first, _ = evaluated
-    subset = pd.read_csv(TEST_LABELS).iloc[:40]
-    subset.to_csv(tmp_path / "subset.csv", index=False)
-    predictions = write_predictions(tmp_path / "subset.csv", tmp_path / "preds.csv")
-    out = tmp_path / "eval-subset"
-    argv = ["evaluate", "--predictions", predictions, "--labels", tmp_path / "subset.csv", "--out", out]
-    assert run_main(capsys, *argv, "--bootstrap", "0")[0] == 0
-    code, stdout, err = run_main(capsys, "compare", first, out)
-    assert_one_line_error(code, err, "different label files")
-    assert stdout == ""
-
-
-def test_compare_refuses_different_images_with_the_same_labels_file(evaluated, tmp_path, capsys):
-    first, _ = evaluated
-    tampered = tmp_path / "tampered"
-    shutil.copytree(first, tampered)
-    for name in ("labels.csv", "predictions.csv"):  # as if two images had been unreadable
-        table = pd.read_csv(tampered / name)
-        table.iloc[2:].to_csv(tampered / name, index=False)
-    code, _, err = run_main(capsys, "compare", first, tampered)
-    assert_one_line_error(code, err, "different images", "2 only in eval-a")
-
-
-def test_compare_needs_two_evaluation_folders(evaluated, tmp_path, capsys):
-    first, _ = evaluated
-    assert_one_line_error(*run_main(capsys, "compare", first)[::2], "at least two")
-    assert_one_line_error(*run_main(capsys, "compare", first, tmp_path)[::2], "not an evaluation folder")
-    with pytest.raises(InputError):
-        evaluate.load_eval(tmp_path)
 
 
 # --- from a checkpoint -----------------------------------------------------------------------------------------

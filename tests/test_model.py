@@ -64,7 +64,7 @@ def test_imagenet_offline_fails_fast_with_one_line(monkeypatch, tmp_path):
     message = str(info.value)
     assert time.monotonic() - start < 5
     assert "\n" not in message
-    assert "--weights none" in message and "--weights PATH" in message
+    assert "`weights` none" in message and "`weights` PATH" in message  # the CLI prints --weights
     assert not list(tmp_path.rglob("*.h5"))
 
 
@@ -83,7 +83,7 @@ def test_weights_from_a_local_file(tmp_path):
 @pytest.mark.parametrize("name", ["missing.weights.h5", "text.weights.h5"])
 def test_weights_bad_file(tmp_path, name):
     (tmp_path / "text.weights.h5").write_text("not weights")
-    with pytest.raises(InputError, match="--weights") as info:
+    with pytest.raises(InputError, match="`weights`") as info:
         model.build(SMALL_SIZE, weights=str(tmp_path / name))
     assert "\n" not in str(info.value)
 
@@ -99,3 +99,16 @@ def test_load_text_file(tmp_path):
     with pytest.raises(InputError, match="cannot load") as info:
         model.load(path)
     assert "\n" not in str(info.value)
+
+
+def test_inference_function_is_traced_once_across_threads(small_model):
+    """The app shares one cached model between session threads: they must all get the one traced function."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    shared = keras.Model(small_model.inputs, small_model.outputs)  # a model no test has traced yet
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        functions = list(pool.map(lambda _: model.inference_function(shared), range(16)))
+    assert all(f is functions[0] for f in functions)
+    x = np.zeros((2, SMALL_SIZE, SMALL_SIZE, 1), np.float32)
+    features, probabilities = functions[0](x)
+    assert probabilities.shape == (2, len(FINDINGS)) and features.shape[0] == 2

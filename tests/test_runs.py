@@ -1,4 +1,7 @@
-"""Finding runs, checkpoints and evaluations in an artifacts folder, and reading what they record."""
+"""Finding runs, checkpoints and evaluations in an artifacts folder, and reading what runs record.
+
+Reading evaluation folders is `pipeline.results` (tests/test_results.py); where artifacts live, tests/test_paths.py.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import time
 
 import pytest
 
-from pipeline import runs
+from pipeline import paths, runs
 from pipeline.errors import InputError
 
 
@@ -48,8 +51,8 @@ def test_find_runs(artifacts):
 
 
 def test_find_evaluations_anywhere_under_artifacts(artifacts):
-    labels = [runs.label(path, artifacts) for path in runs.find_evaluations(artifacts)]
-    assert labels == ["runs/demo/eval-test", "runs/demo/eval-valid", "scratch/baseline"]
+    names = [paths.shorten(path, artifacts) for path in runs.find_evaluations(artifacts)]
+    assert names == ["runs/demo/eval-test", "runs/demo/eval-valid", "scratch/baseline"]
 
 
 def test_missing_artifacts_folder_has_no_runs(tmp_path):
@@ -63,7 +66,6 @@ def test_read_config_history_and_metrics(artifacts):
     history = runs.read_history(demo)
     assert history["epoch"].tolist() == [1, 2] and "val_mean_auc" in history
     assert runs.read_history(artifacts / "runs" / "unfinished") is None
-    assert runs.read_metrics(demo / "eval-test")["n_images"] == 55
 
 
 def test_broken_files_give_one_line(artifacts):
@@ -75,12 +77,7 @@ def test_broken_files_give_one_line(artifacts):
     (demo / "history.csv").write_text("step,loss\n1,0.5\n")
     with pytest.raises(InputError, match="no 'epoch' column"):
         runs.read_history(demo)
-    with pytest.raises(InputError, match="no metrics.json"):
-        runs.read_metrics(artifacts / "runs" / "unfinished")
+    (demo / "history.csv").write_text('epoch,loss\n1,"0.5\n')  # cut inside a quoted field
+    with pytest.raises(InputError, match="cannot be read as CSV"):
+        runs.read_history(demo)
 
-
-def test_artifacts_dir_follows_the_environment(monkeypatch, tmp_path):
-    monkeypatch.delenv(runs.ENV_VAR, raising=False)
-    assert runs.artifacts_dir() == runs.DEFAULT_ARTIFACTS
-    monkeypatch.setenv(runs.ENV_VAR, str(tmp_path))
-    assert runs.artifacts_dir() == tmp_path

@@ -262,7 +262,7 @@ def test_refuses_to_overwrite_a_run_without_resume(run, capsys):
     code = cli.main(_command(run["train_data"], run["valid_data"], run["out"]))
     assert code == 2
     error = capsys.readouterr().err
-    assert "already holds a training run" in error and "resume" in error and len(error.strip().splitlines()) == 1
+    assert "already holds a training run" in error and "add --resume" in error and len(error.strip().splitlines()) == 1
 
 
 def test_resume_refuses_other_data_or_settings(run, tmp_path):
@@ -275,7 +275,7 @@ def test_resume_refuses_other_data_or_settings(run, tmp_path):
         train.train(run["train_data"], run["valid_data"], None, run["out"], image_size=48, **common)
     with pytest.raises(InputError, match="no run to resume"):
         train.train(run["train_data"], run["valid_data"], None, tmp_path / "empty", image_size=SMALL_SIZE, **common)
-    with pytest.raises(InputError, match="prepared at 64 px, smaller than image size 96"):
+    with pytest.raises(InputError, match="prepared at 64 px, smaller than `image_size` 96"):
         train.train(run["train_data"], run["valid_data"], None, run["out"], image_size=96, **common)
 
 
@@ -328,9 +328,9 @@ def test_validation_auc_skips_findings_without_both_classes():
 
 
 def test_bad_options_fail_before_any_work(tmp_path):
-    with pytest.raises(InputError, match="epochs 0"):
+    with pytest.raises(InputError, match="`epochs` 0"):
         train.train("a.csv", "b.csv", tmp_path, tmp_path / "run", epochs=0)
-    with pytest.raises(InputError, match="image size 16"):
+    with pytest.raises(InputError, match="`image_size` 16"):
         train.train("a.csv", "b.csv", tmp_path, tmp_path / "run", image_size=16)
     assert not os.path.exists(tmp_path / "run")
 
@@ -450,7 +450,7 @@ def test_mixed_precision_checkpoint_loads_and_predicts_in_float32_and_init_from_
     command = _command(run["train_data"], run["valid_data"], tmp_path / "x")
     code = cli.main([*command, "--init-from", str(mixed / runstate.BEST), "--image-size", "48"])
     error = capsys.readouterr().err
-    assert code == 2 and len(error.strip().splitlines()) == 1 and "takes 64 px images, not image size 48" in error
+    assert code == 2 and len(error.strip().splitlines()) == 1 and "takes 64 px images, not --image-size 48" in error
     assert not (tmp_path / "x").exists()
     # ... and a matching one is where training starts (a tiny learning rate keeps the weights where they were).
     lines: list[str] = []

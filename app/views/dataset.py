@@ -3,10 +3,10 @@
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+import shared
 import streamlit as st
 
-from app import shared
-from pipeline import boxes, imaging, stats
+from pipeline import boxes, imaging, plots, stats
 from pipeline.findings import FINDINGS, NO_FINDING
 
 GALLERY_SIZE = 8  # images per gallery page
@@ -35,19 +35,6 @@ def gallery_image(name: str) -> np.ndarray:
     image = imaging.load_image(shared.IMAGES_DIR / name)
     height, width = image.shape
     return boxes.draw_boxes(image, boxes.scale_boxes(boxes.boxes_for(box_list(), [name]), (width, height)))
-
-
-def bar(categories: list, counts: list[int], title: str, category_title: str, count_title: str,
-        color: str = shared.NEGATIVE, horizontal: bool = False, text: list[str] | None = None) -> go.Figure:
-    """A one-series bar chart of counts per category, the bars horizontal or upright, labelled with ``text``."""
-    trace = go.Bar(x=counts, y=categories, orientation="h") if horizontal else go.Bar(x=categories, y=counts)
-    trace.update(marker_color=color, text=text, textposition="outside", cliponaxis=False)
-    axes = {"xaxis_title": count_title, "yaxis_title": category_title} if horizontal else \
-        {"xaxis_title": category_title, "yaxis_title": count_title}
-    fig = go.Figure(trace).update_layout(title=title, **axes)
-    if text and counts:  # room for the labels beyond the longest bar
-        fig.update_layout(**{"xaxis_range" if horizontal else "yaxis_range": [0, max(counts) * 1.25]})
-    return shared.style(fig, legend=False)
 
 
 name, path = shared.data_choice()
@@ -81,48 +68,38 @@ if n == 0:
 
 left, right = st.columns(2, gap="medium")
 with left:
-    prevalence = sorted(summary["prevalence"].items(), key=lambda item: item[1]["count"])
-    shared.chart(bar(
-        [f for f, _ in prevalence], [p["count"] for _, p in prevalence], "Prevalence per finding", "",
-        "Images with the finding (count)", color=shared.POSITIVE, horizontal=True,
-        text=[f"{p['count']:,} ({p['percent']:.1f}%)" for _, p in prevalence],
-    ).update_layout(height=480))
+    shared.chart(plots.prevalence_figure(summary))
     st.caption("How many of the selected images carry each finding; an image can carry several.")
 with right:
-    matrix = np.array(summary["cooccurrence"], dtype=float)
-    np.fill_diagonal(matrix, np.nan)  # the diagonal (each finding's count) would drown the pairs
-    fig = go.Figure(go.Heatmap(
-        z=matrix, x=list(FINDINGS), y=list(FINDINGS), colorscale="Blues", colorbar={"title": "images"},
-        hovertemplate="%{y} + %{x}: %{z:,} images<extra></extra>",
-    ))
-    fig.update_layout(title="Co-occurrence of findings", yaxis={"autorange": "reversed"})
-    shared.chart(shared.style(fig, height=480, legend=False))
+    shared.chart(plots.cooccurrence_figure(summary))
     st.caption("Images carrying both findings of a pair; the diagonal is left blank (see the prevalence).")
 
 left, mid, right = st.columns(3, gap="medium")
 with left:
     per_image = summary["findings_per_image"]
-    shared.chart(bar(list(per_image), list(per_image.values()), "Findings per image", "Findings on the image",
-                     "Images (count)"))
+    shared.chart(plots.bar_chart(list(per_image), list(per_image.values()), "Findings per image",
+                                 "Findings on the image", "Images (count)"))
 with mid:
     per_patient = summary["images_per_patient"]["histogram"]
-    fig = bar([int(k) for k in per_patient], list(per_patient.values()), "Images per patient",
-              "Images of the patient", "Patients (count)").update_xaxes(dtick=1 if len(per_patient) < 15 else None)
+    fig = plots.bar_chart([int(k) for k in per_patient], list(per_patient.values()), "Images per patient",
+                          "Images of the patient", "Patients (count)")
+    fig.update_xaxes(dtick=1 if len(per_patient) < 15 else None)
     if len(per_patient) > 10:
         fig.update_yaxes(type="log", title="Patients (count, log scale)")
     shared.chart(fig)
 with right:
     age_bins = summary.get("age", {}).get("bins", {})
-    shared.chart(bar(list(age_bins), list(age_bins.values()), "Age", "Age (years)", "Images (count)"))
+    shared.chart(plots.bar_chart(list(age_bins), list(age_bins.values()), "Age", "Age (years)", "Images (count)"))
 left, right = st.columns(2, gap="medium")
 with left:
     sex = summary.get("sex", {})
-    shared.chart(bar(list(sex), list(sex.values()), "Sex", "Sex", "Images (count)",
-                     text=[f"{v:,}" for v in sex.values()]).update_layout(height=300))
+    shared.chart(plots.bar_chart(list(sex), list(sex.values()), "Sex", "Sex", "Images (count)",
+                                 text=[f"{v:,}" for v in sex.values()]).update_layout(height=300))
 with right:
     view = summary.get("view", {})
-    shared.chart(bar(list(view), list(view.values()), "View position", "View (PA: posterior-anterior, AP: "
-                     "anterior-posterior)", "Images (count)", text=[f"{v:,}" for v in view.values()])
+    shared.chart(plots.bar_chart(list(view), list(view.values()), "View position",
+                                 "View (PA: posterior-anterior, AP: anterior-posterior)", "Images (count)",
+                                 text=[f"{v:,}" for v in view.values()])
                  .update_layout(height=300))
 
 st.header("Example images")
@@ -165,14 +142,14 @@ x, y, w, h = (shown_boxes[c].to_numpy() for c in ("x", "y", "w", "h"))
 gap = np.full(len(shown_boxes), None)
 fig = go.Figure(go.Scatter(
     x=np.column_stack([x, x + w, x + w, x, x, gap]).ravel(), y=np.column_stack([y, y, y + h, y + h, y, gap]).ravel(),
-    mode="lines", line={"width": 1, "color": shared.POSITIVE}, opacity=0.5, hoverinfo="skip",
+    mode="lines", line={"width": 1, "color": plots.POSITIVE}, opacity=0.5, hoverinfo="skip",
 ))
 fig.update_xaxes(range=[0, boxes.ORIGINAL_SIZE], title="x (pixels of the 1024 px original)", constrain="domain")
 fig.update_yaxes(range=[boxes.ORIGINAL_SIZE, 0], title="y (pixels)", scaleanchor="x", constrain="domain")
 fig.update_layout(title=f"{len(shown_boxes)} {box_finding} boxes on the 1024 x 1024 originals")
 left, right = st.columns([1, 1], gap="medium")
 with left:
-    shared.chart(shared.style(fig, height=520, legend=False))
+    shared.chart(plots.style(fig, height=520, legend=False))
     st.caption("Each outline is one radiologist's box; the image's left side is the patient's right.")
 with right:
     st.dataframe(shown_boxes, hide_index=True, height=520, column_config={

@@ -1,9 +1,9 @@
 """Home: what the tool does, the data shown, the demo model and how well it did, the intended use, the credit."""
 
+import shared
 import streamlit as st
 
-from app import shared
-from pipeline import runs, stats
+from pipeline import paths, runs, stats
 
 
 def label_file(config: dict, key: str, count: str) -> str | None:
@@ -23,7 +23,7 @@ st.markdown(
 st.warning(shared.DISCLAIMER, icon=":material/warning:")
 
 left, right = st.columns(2, gap="large")
-with left:
+with left, shared.guard():
     name, path = shared.data_choice()
     st.subheader("The data")
     summary = stats.summarize(shared.load_labels(str(path)))
@@ -42,24 +42,27 @@ with right:
     if run is None:
         shared.explain_missing_run()
     else:
-        config = runs.read_config(run.path)
+        config: dict = {}
+        with shared.guard():
+            config = runs.read_config(run.path)
         evaluation = shared.headline_evaluation(run)
         if evaluation is None:
             st.metric("Mean AUC", "not evaluated")
         else:
-            result = runs.read_metrics(evaluation)
-            low_high = result.get("mean_auc_ci")
-            st.metric(
-                "Mean AUC over the findings",
-                "undefined" if result.get("mean_auc") is None else f"{result['mean_auc']:.3f}",
-                help="Area under the ROC curve, averaged over the findings with a defined AUC.",
-            )
-            ci = f"95% CI {low_high[0]:.3f}-{low_high[1]:.3f}, " if low_high else ""
-            where = runs.label(evaluation, runs.artifacts_dir())
-            st.caption(
-                f"{ci}bootstrap over images; measured on {result.get('n_images', '?')} images of "
-                f"`{shared.display_path(result.get('labels_file', '?'))}` (evaluation `{where}`)."
-            )
+            with shared.guard():
+                result = shared.read_metrics(evaluation)
+                low_high = result.mean_auc_ci
+                st.metric(
+                    "Mean AUC over the findings",
+                    "undefined" if result.mean_auc is None else f"{result.mean_auc:.3f}",
+                    help="Area under the ROC curve, averaged over the findings with a defined AUC.",
+                )
+                ci = f"95% CI {low_high[0]:.3f}-{low_high[1]:.3f}, " if low_high else ""
+                where = paths.shorten(evaluation, paths.artifacts_dir())
+                st.caption(
+                    f"{ci}bootstrap over images; measured on {result.n_images} images of "
+                    f"`{shared.display_path(result.labels_file or '?')}` (evaluation `{where}`)."
+                )
         facts = {
             "run": f"`{shared.display_path(run.path)}`{shared.env_note()}",
             "trained on": label_file(config, "train", "n_train"),

@@ -2,11 +2,10 @@
 
 import pandas as pd
 import plotly.graph_objects as go
+import shared
 import streamlit as st
 
-from app import shared
-from pipeline import leakage
-from pipeline.cli import METADATA, TEST_LIST, TRAIN_VAL_LIST
+from pipeline import leakage, paths, plots
 from pipeline.errors import InputError
 
 DEFAULT_FILES = ["train-small.csv", "valid-small.csv", "test.csv"]
@@ -14,7 +13,7 @@ DEFAULT_FILES = ["train-small.csv", "valid-small.csv", "test.csv"]
 
 @st.cache_data(show_spinner="Auditing the official split (reads all 112,120 rows)...")
 def audit() -> dict:
-    return leakage.audit_official_split(METADATA, TRAIN_VAL_LIST, TEST_LIST, seed=0)
+    return leakage.audit_official_split(paths.metadata_file(), paths.train_val_list(), paths.test_list(), seed=0)
 
 
 st.title("Patient leakage")
@@ -35,7 +34,7 @@ for upload in uploads or []:
     try:
         tables[upload.name] = shared.load_uploaded_labels(upload.name, upload.getvalue())
     except InputError as exc:
-        st.error(str(exc))
+        shared.show_error(exc)
 
 if len(tables) < 2:
     st.info("Choose at least two label files to compare.")
@@ -91,15 +90,15 @@ for column, split, title in ((a, official, "Official split"), (b, naive, "Naive 
 splits = ["Official (by patient)", "Naive (by image)"]
 fig = go.Figure([
     go.Bar(name="Test patients also in training", x=splits,
-           y=[100 * s["test_patients_in_train"] for s in (official, naive)], marker_color=shared.NEGATIVE,
+           y=[100 * s["test_patients_in_train"] for s in (official, naive)], marker_color=plots.NEGATIVE,
            text=[f"{s['shared_patients']:,} of {s['test_patients']:,}" for s in (official, naive)]),
     go.Bar(name="Test images whose patient is in training", x=splits,
-           y=[100 * s["test_images_affected_share"] for s in (official, naive)], marker_color=shared.POSITIVE,
+           y=[100 * s["test_images_affected_share"] for s in (official, naive)], marker_color=plots.POSITIVE,
            text=[f"{s['test_images_affected']:,} of {s['test_images']:,}" for s in (official, naive)]),
 ])
 fig.update_traces(textposition="outside", cliponaxis=False)
 fig.update_layout(title="Leakage into the test set", yaxis_title="Share of the test set (%)", yaxis_range=[0, 100])
-shared.chart(shared.style(fig, height=400))
+shared.chart(plots.style(fig, height=400))
 st.caption(
     f"A random split by image leaves {naive['test_images_affected_share']:.0%} of the test images beside another "
     "image of the same patient in training; the official split leaves "

@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import plotly.graph_objects as go
+import shared
 import streamlit as st
 from PIL import Image
 
-from app import shared
-from pipeline import imaging, runs
+from pipeline import imaging, paths, plots
 from pipeline.errors import InputError
 
 if TYPE_CHECKING:  # keras is imported when the model is first needed, behind a spinner
@@ -29,14 +29,14 @@ def load_model(path: str, modified: float) -> "keras.Model":
 def analyse(checkpoint: str, modified: float, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str], int]:
     """Probabilities, the 14 heatmaps, the finding names and the model's input size, for one image.
 
-    The image is first resized to the model's input, as `pipeline.predict` does, so the probabilities are the
-    CLI's and the heatmaps stay small whatever the upload's size; `gradcam.overlay` scales them back up.
+    The heatmaps stay at the model's input size whatever the upload's size, so the cache stays small;
+    `gradcam.overlay` scales them up to the image.
     """
     from pipeline import gradcam, model
 
     net = load_model(checkpoint, modified)
     size = model.input_size(net)
-    probabilities, maps = gradcam.heatmaps(net, imaging.resize(image, size))
+    probabilities, maps = gradcam.heatmaps(net, image, full_size=False)
     return probabilities, maps, model.finding_names(net), size
 
 
@@ -75,10 +75,12 @@ if run.checkpoint is None:
 evaluation = shared.headline_evaluation(run)
 thresholds, threshold_note = {}, "no evaluation of this run yet, so no operating thresholds are marked"
 if evaluation is not None:
-    result = runs.read_metrics(evaluation)
-    thresholds = result.get("thresholds", {})
-    threshold_note = (f"thresholds from `{runs.label(evaluation, runs.artifacts_dir())}` "
-                      f"({result.get('threshold_source', 'unknown source')})")
+    threshold_note = "the run's evaluation could not be read, so no operating thresholds are marked"
+    with shared.guard():
+        result = shared.read_metrics(evaluation)
+        thresholds = result.thresholds
+        threshold_note = (f"thresholds from `{paths.shorten(evaluation, paths.artifacts_dir())}`, "
+                          f"{result.threshold_source.describe(result.target_sensitivity)}")
 
 left, right = st.columns(2)
 upload = left.file_uploader("Upload a chest X-ray (PNG, JPEG or DICOM)", type=["png", "jpg", "jpeg", "dcm", "dicom"],
@@ -88,14 +90,14 @@ sample = right.selectbox("Or pick an embedded sample image", sample_names(),
 try:
     image = imaging.load_image(upload) if upload is not None else imaging.load_image(shared.IMAGES_DIR / sample)
 except InputError as exc:
-    st.error(str(exc), icon=":material/error:")
+    shared.show_error(exc)
     st.stop()
 image_name = upload.name if upload is not None else sample
 
 try:
     probabilities, maps, names, size = analyse(str(run.checkpoint), run.checkpoint.stat().st_mtime, image)
 except InputError as exc:  # e.g. a checkpoint that is not a model of this project
-    st.error(str(exc), icon=":material/error:")
+    shared.show_error(exc)
     st.stop()
 order = np.argsort(-probabilities, kind="stable")
 st.caption(
@@ -108,7 +110,7 @@ values = probabilities[order]
 above = [name in thresholds and p >= thresholds[name] for name, p in zip(ranked, values, strict=True)]
 fig = go.Figure(go.Bar(
     x=values, y=ranked, orientation="h", name="Probability", text=[f"{p:.3f}" for p in values],
-    textposition="outside", cliponaxis=False, marker_color=[shared.POSITIVE if a else shared.NEGATIVE for a in above],
+    textposition="outside", cliponaxis=False, marker_color=[plots.POSITIVE if a else plots.NEGATIVE for a in above],
     hovertemplate="%{y}: %{x:.3f}<extra></extra>",
 ))
 marked = [name for name in ranked if name in thresholds]
@@ -122,7 +124,7 @@ fig.update_layout(title="Probability of each finding", xaxis_title="Probability 
                   yaxis={"autorange": "reversed"})
 plot, heat = st.columns([2, 3], gap="large")
 with plot:
-    shared.chart(shared.style(fig, height=520, legend=False))
+    shared.chart(plots.style(fig, height=520, legend=False))
     st.caption(
         "Findings sorted by probability. Each finding is a separate yes/no question, so the probabilities do not "
         "sum to 1. " + ("A black tick marks the finding's operating threshold; red bars reach it." if marked else "")

@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from pipeline import cli_localize
 from pipeline.errors import InputError
 
 # Where the embedded data lives, relative to the repository root.
@@ -81,6 +82,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline import evaluate
+
+    if args.reference is not None:
+        return cli_localize.run_reference(args)
 
     evaluate.evaluate_from_args(args)
     return 0
@@ -173,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    cli_localize.add_reference_argument(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = commands.add_parser("compare", help="compare evaluations on the same images (DeLong, bootstrap)")
@@ -181,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_compare)
+
+    cli_localize.add_localize_parser(commands)
     return parser
 
 

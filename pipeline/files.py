@@ -37,6 +37,24 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[str]], Any]) 
     return path
 
 
+def write_bytes_atomic(content: bytes, path: str | os.PathLike[str]) -> Path:
+    """Write ``content`` to ``path`` atomically (images and other binary files)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(content)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_text_atomic(text: str, path: str | os.PathLike[str]) -> Path:
     """Write ``text`` to ``path`` atomically."""
     return write_atomic(path, lambda file: file.write(text))

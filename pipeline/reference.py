@@ -112,10 +112,16 @@ def score(labels: pd.DataFrame, predictions: pd.DataFrame, expert: pd.DataFrame,
         (paired resamples of images) against each, and the agreement table of NIH against expert labels;
         ``per_image``: the image, both label sets and the group score.
     """
-    images = sorted(set(labels["Image"]) & set(predictions["Image"]) & set(expert["Image"]))
-    if not images:
+    refereed = set(labels["Image"]) & set(expert["Image"])
+    if not refereed:
         raise InputError(f"none of the {len(labels):,} labelled images has an expert label; the Google 2019 labels "
                          "cover 4,376 images of the official test and validation lists")
+    images = sorted(refereed & set(predictions["Image"]))
+    if not images:
+        raise InputError(f"none of the {len(refereed):,} labelled images with an expert label has a prediction; "
+                         "predict the images of the label file")
+    notes = [f"{len(refereed) - len(images)} labelled images with expert labels have no prediction and are left out"] \
+        if len(images) < len(refereed) else []
     nih = group_columns(labels.set_index("Image").loc[images].reset_index())
     scores = group_columns(predictions.set_index("Image").loc[images, list(FINDINGS)].reset_index())
     experts = expert.set_index("Image").loc[images].reset_index()
@@ -124,7 +130,7 @@ def score(labels: pd.DataFrame, predictions: pd.DataFrame, expert: pd.DataFrame,
     s = scores[names].to_numpy(float)
     resampled = metrics.bootstrap_auc(np.hstack([y_expert, y_nih]), np.hstack([s, s]), n_bootstrap, seed) \
         if n_bootstrap else np.full((0, 2 * len(names)), np.nan)
-    findings, notes = {}, []
+    findings = {}
     for j, finding in enumerate(names):
         entry: dict[str, Any] = {"nih_findings": list(MAPPING[finding])}
         for k, (source, y) in enumerate((("expert", y_expert[:, j]), ("nih", y_nih[:, j]))):
@@ -132,8 +138,9 @@ def score(labels: pd.DataFrame, predictions: pd.DataFrame, expert: pd.DataFrame,
             interval = metrics.percentile_interval(resampled[:, k * len(names) + j]) if auc is not None else None
             entry[source] = {"positives": int(y.sum()), "auc": auc, "auc_ci": list(interval) if interval else None}
             if auc is None:
-                notes.append(f"{finding}: the {len(images)} images have no {'positive' if y.sum() == 0 else 'negative'}"
-                             f" under the {source} labels; AUC undefined")
+                lacking = "positive" if y.sum() == 0 else "negative"
+                notes.append(f"{finding}: no {lacking} among the {len(images)} images under the {source} labels; "
+                             "AUC undefined")
         entry["agreement"] = agreement(y_nih[:, j], y_expert[:, j])
         findings[finding] = entry
     summary = {

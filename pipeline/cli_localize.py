@@ -43,13 +43,21 @@ def run_localize(args: argparse.Namespace) -> int:
         raise InputError(f"--images {args.images}: folder not found; give the folder holding the boxed images")
     model = model_lib.load(args.checkpoint)
     heatmaps_of = localize.model_heatmaps(model)
-    result = localize.localize(heatmaps_of, args.boxes or BBOX_LIST, args.images, args.bootstrap, args.seed)
+    result = localize.localize(heatmaps_of, args.boxes or _relative(BBOX_LIST), args.images, args.bootstrap, args.seed)
     result.summary = {"checkpoint": str(args.checkpoint), **result.summary}
     written = localize.write_localization(result, args.out)
     print(json.dumps(result.summary, indent=2) if args.json else localization.format_summary(result.summary))
     if not args.json:
         print(f"wrote {written.name}, {localize.PER_BOX} and {len(result.gallery)} overlays to {args.out}")
     return 0
+
+
+def _relative(path: Path) -> Path:
+    """``path`` relative to the working directory when it lies inside it, as the result records it."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
 
 
 def add_reference_argument(evaluate_parser: argparse.ArgumentParser) -> None:
@@ -91,7 +99,7 @@ def run_reference(args: argparse.Namespace) -> int:
         "predictions_file": str(args.predictions) if args.predictions is not None else None,
         "labels_file": str(args.labels),
         "labels_sha256": sha256_of(args.labels),
-        "reference_file": str(path),
+        "reference_file": str(_relative(path)),
         "reference_sha256": sha256_of(path),
         **({"skipped_images": skipped} if skipped else {}),
         **summary,

@@ -8,8 +8,9 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from app import localization as localization_view
 from app import shared
-from pipeline import evaluate, runs
+from pipeline import evaluate, localization, runs
 from pipeline.errors import InputError
 from pipeline.findings import FINDINGS
 
@@ -140,7 +141,9 @@ for name, result in evals.items():
             st.markdown("\n".join(f"- {note}" for note in notes))
 
 finding = st.selectbox("Finding", [ALL, *FINDINGS])
-tabs = st.tabs(["ROC", "Precision-recall", "Calibration", "Operating points", "Comparison", "Training history"])
+located = localization.find_results(run.path) if run is not None else []
+tabs = st.tabs(["ROC", "Precision-recall", "Calibration", "Operating points", "Comparison", "Training history",
+                *(["Localization"] if located else [])])
 
 with tabs[0]:
     fig = curves(evals, finding, "roc", ("fpr", "tpr"), ("False positive rate (1 - specificity)",
@@ -270,3 +273,7 @@ with tabs[5]:
             "Solid: training loss; dashed: validation loss. Read from each run's history.csv"
             + ("; validated " + "; ".join(validation) + "." if validation else ".")
         )
+
+if located:
+    with tabs[6]:
+        localization_view.show_results(located)

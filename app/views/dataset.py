@@ -7,6 +7,7 @@ import streamlit as st
 
 from app import shared
 from pipeline import boxes, imagefolder, stats
+from pipeline.errors import InputError
 from pipeline.findings import FINDINGS, NO_FINDING
 
 GALLERY_SIZE = 8  # images per gallery page
@@ -134,7 +135,11 @@ with right:
 
 st.header("Example images")
 selection = filtered(*filters)
-available = shared.image_index()
+try:
+    available = shared.image_index()
+except InputError as exc:  # $CHESTXRAY_IMAGES names no folder
+    st.error(str(exc), icon=":material/error:")
+    available = {}
 where = "the image folder" if imagefolder.is_custom() else "`nih/images` and `nih/boxed`"
 present = sorted(set(selection["Image"]) & set(available))
 all_boxes = box_list()

@@ -85,12 +85,13 @@ def images_note() -> str:
             f"`{imagefolder.ENV_VAR}=/data/nih/images make run`.")
 
 
-@st.cache_data(show_spinner="Listing the image folder...", ttl=600)
-def _image_index(folders: tuple[str, ...]) -> dict[str, Path]:
+@st.cache_resource(show_spinner="Listing the image folder...", ttl=600)
+def _image_index(folders: tuple[str, ...]) -> dict[str, str]:
+    # a resource, not data: shared as is, never copied (a copy of 112,120 entries per call would cost seconds)
     return imagefolder.list_images(folders)
 
 
-def image_index() -> dict[str, Path]:
+def image_index() -> dict[str, str]:
     """``{file name: path}`` of the images the pages show (embedded, or ``$CHESTXRAY_IMAGES``), listed once."""
     return _image_index(tuple(str(folder) for folder in imagefolder.image_folders()))
 

@@ -1,5 +1,7 @@
 """Dataset: prevalence, co-occurrence, findings per image, demographics, example images and the NIH boxes."""
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -35,14 +37,14 @@ def gallery_image(name: str) -> np.ndarray:
     return imagefolder.with_boxes(shared.thumbnail(str(shared.image_index()[name])), name, box_list())
 
 
-def show_gallery(names: list[str], captions: dict[str, str], key: str) -> None:
-    """The images, `GALLERY_SIZE` per page in rows of 4, each with its caption."""
+def show_gallery(names: list[str], caption: Callable[[str], str], key: str) -> None:
+    """The images, `GALLERY_SIZE` per page in rows of 4, each with ``caption(name)`` (made for shown ones only)."""
     pages = (len(names) + GALLERY_SIZE - 1) // GALLERY_SIZE
     page = st.number_input(f"Page (of {pages})", 1, pages, 1, key=key) if pages > 1 else 1
     shown = names[(page - 1) * GALLERY_SIZE : page * GALLERY_SIZE]
     for row in range(0, len(shown), 4):
         for column, image_name in zip(st.columns(4), shown[row : row + 4], strict=False):
-            column.image(gallery_image(image_name), caption=captions[image_name])
+            column.image(gallery_image(image_name), caption=caption(image_name))
 
 
 def bar(categories: list, counts: list[int], title: str, category_title: str, count_title: str,
@@ -141,7 +143,7 @@ except InputError as exc:  # $CHESTXRAY_IMAGES names no folder
     st.error(str(exc), icon=":material/error:")
     available = {}
 where = "the image folder" if imagefolder.is_custom() else "`nih/images` and `nih/boxed`"
-present = sorted(set(selection["Image"]) & set(available))
+present = sorted(name for name in selection["Image"] if name in available)  # dict lookups: fast at 112,120
 all_boxes = box_list()
 if not present:
     st.info(f"None of the {n:,} selected images is in {where}; {shared.images_note()}")
@@ -151,12 +153,11 @@ else:
         "NIH labels; NIH radiologist boxes are drawn where they exist."
     )
     labels = selection.set_index("Image")[list(FINDINGS)]
-    page_names = present[: GALLERY_SIZE * 200]  # captions for the first 200 pages; more are never browsed
-    show_gallery(page_names, {name: f"{name}: {', '.join(f for f in FINDINGS if labels.at[name, f]) or NO_FINDING}"
-                              for name in page_names}, key="gallery_page")
+    show_gallery(present, lambda name: f"{name}: {', '.join(f for f in FINDINGS if labels.at[name, f]) or NO_FINDING}",
+                 key="gallery_page")
 
 st.header("Radiologist bounding boxes")
-with_boxes = boxes.boxes_for(all_boxes, available)
+with_boxes = all_boxes[[name in available for name in all_boxes["Image"]]]
 if len(with_boxes):
     st.caption(f"{with_boxes['Image'].nunique():,} of the images in {where} carry some of the NIH's "
                f"{len(all_boxes):,} boxes; they are drawn on them below, finding by finding.")
@@ -191,4 +192,4 @@ with right:
 boxed_here = sorted(with_boxes.loc[with_boxes["Finding"] == box_finding, "Image"].unique())
 if boxed_here:
     st.subheader(f"{box_finding} boxes on their images ({len(boxed_here):,})")
-    show_gallery(boxed_here, {name: f"{name}: {box_finding} box" for name in boxed_here}, key="boxes_page")
+    show_gallery(boxed_here, lambda name: f"{name}: {box_finding} box", key="boxes_page")

@@ -70,11 +70,12 @@ def show_results(folders: list[Path]) -> None:
         "images of the box list, a map that knows no image; the model localizes only where it beats it. "
         "Whiskers: 95% bootstrap intervals over images; none with fewer than 2 images."
     )
-    shown = frame.rename(columns={"finding": "Finding", "boxes": "Boxes", "images": "Images"})
-    st.dataframe(shown, hide_index=True, column_config={
-        c: st.column_config.NumberColumn(c.replace("_", " "), format="%.3f")
-        for c in frame.columns if c not in ("finding", "boxes", "images")
-    })
+    shown = frame[["finding", "boxes", "images"]].rename(columns={"finding": "Finding", "boxes": "Boxes",
+                                                                   "images": "Images"})
+    for source, title in (("model", "Model"), ("baseline", "Baseline (box prior)"), ("difference", "Model - baseline")):
+        shown[title] = [_with_interval(row[source], row[f"{source}_low"], row[f"{source}_high"])
+                        for _, row in frame.iterrows()]
+    st.dataframe(shown, hide_index=True)
     if summary.get("skipped"):
         with st.expander(f"Skipped ({len(summary['skipped'])})"):
             st.dataframe(pd.DataFrame(summary["skipped"]), hide_index=True)
@@ -97,6 +98,13 @@ def show_results(folders: list[Path]) -> None:
                 f"{'hit' if row['model_pointing'] else 'miss'}, mass share {row['model_mass_share']:.2f}")
             column.image(str(path), caption=caption, width="stretch")
     st.caption("The model's Grad-CAM map of the box's finding (red: high), with the radiologist's box.")
+
+
+def _with_interval(value: float | None, low: float | None, high: float | None) -> str:
+    """``0.167 [0.000, 0.500]``, or the value alone where there is no interval."""
+    if value is None or pd.isna(value):
+        return "undefined"
+    return f"{value:.3f}" + ("" if low is None or pd.isna(low) else f" [{low:.3f}, {high:.3f}]")
 
 
 def predict_boxes(image_name: str, image: np.ndarray, overlay: np.ndarray, maps: np.ndarray,

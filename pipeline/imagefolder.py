@@ -65,8 +65,12 @@ def thumbnail(path: str | os.PathLike[str], side: int = 320) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
-def with_boxes(image: np.ndarray, name: str, box_list: pd.DataFrame, thickness: int = 2) -> np.ndarray:
-    """The image (gray or RGB, any size) as RGB with the NIH boxes of ``name`` scaled to it and drawn."""
+def with_boxes(image: np.ndarray, name: str, box_list: pd.DataFrame, thickness: int | None = None) -> np.ndarray:
+    """The image (gray or RGB, any size) as RGB with the NIH boxes of ``name`` scaled to it and drawn.
+
+    By default the lines are about 1/200 of the image's side thick, so they stay visible when shown small.
+    """
     height, width = image.shape[:2]
+    thickness = thickness or max(2, round(max(height, width) / 200))
     return boxes_lib.draw_boxes(image, boxes_lib.scale_boxes(boxes_lib.boxes_for(box_list, [name]), (width, height)),
                                 thickness)

@@ -46,11 +46,14 @@ def test_localization_view_model_against_baseline_with_gallery(artifacts_with_lo
     body = text(at)
     assert "6 radiologist boxes on 6 images of `nih/boxed`" in body
     assert "all other images of the box list" in body and "15 px" in body
-    table = next(d.value for d in at.dataframe if "baseline" in d.value.columns)
+    table = next(d.value for d in at.dataframe if "Baseline (box prior)" in d.value.columns)
     assert list(table["Finding"]) == ["Atelectasis", "Cardiomegaly", "Infiltration", "Mass", "Nodule", "Pneumonia",
                                       "overall"]
     assert table["Boxes"].tolist() == [1, 1, 1, 1, 1, 1, 6]
-    assert table.loc[6, "baseline_low"] <= table.loc[6, "baseline"] <= table.loc[6, "baseline_high"]
+    overall = table.loc[6, "Baseline (box prior)"]  # "mean [low, high]" over the 6 images
+    mean, low, high = (float(x) for x in overall.replace("[", "").replace("]", "").replace(",", "").split())
+    assert low <= mean <= high
+    assert "[" not in table.loc[0, "Model"]  # one image: no interval
     gallery = [c for image in at.image for c in image.captions]
     assert len(gallery) == 6 and any("00009745_000.png: Cardiomegaly" in c for c in gallery)
     widget(at.radio, "Score").set_value("iou_0.5").run()

@@ -78,6 +78,11 @@ def run_reference(args: argparse.Namespace) -> int:
         raise InputError(f"--bootstrap must be 0 (no intervals) or more, got {args.bootstrap}")
     if args.checkpoint is not None and args.images is None:
         raise InputError("--checkpoint needs --images DIR, the folder holding the labelled images")
+    unused = [flag for flag, value in (("--valid-predictions", args.valid_predictions), ("--valid-labels",
+              args.valid_labels), ("--thresholds", args.thresholds), ("--target-sensitivity", args.target_sensitivity))
+              if value is not None]
+    if unused:
+        raise InputError(f"{unused[0]} has no part in --reference, which reports AUCs only; leave it out")
     path = reference.reference_file(args.reference)
     expert = reference.load_expert_labels(path)
     labels = reference.with_expert_labels(data.load_labels(args.labels), expert)

@@ -120,3 +120,6 @@ def test_evaluate_reference_on_the_embedded_images(small_checkpoint, tmp_path, c
                  str(no_overlap), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "none of its images has an expert label" in err and len(err.strip().splitlines()) == 1
+    assert main(["evaluate", "--reference", "google2019", "--predictions", str(tmp_path / "x.csv"), "--labels",
+                 str(no_overlap), "--out", str(out), "--valid-labels", str(no_overlap)]) == 2
+    assert "--valid-labels has no part in --reference" in capsys.readouterr().err

@@ -125,3 +125,11 @@ def test_a_missing_image_folder_is_said_in_one_line(artifacts_with_localization,
     for page in ("dataset", "predict"):
         open_page(at, page)
         assert any("not a folder" in e.value for e in at.error), page
+
+
+def test_embedded_boxed_images_show_their_boxes_on_the_dataset_page(artifacts_with_localization, monkeypatch):
+    at = open_page(start(monkeypatch, artifacts_with_localization), "dataset")
+    assert "6 of the images in `nih/images` and `nih/boxed` carry some of the NIH's 984 boxes" in text(at)
+    assert "00009745_000.png: Cardiomegaly box" in [c for image in at.image for c in image.captions]
+    widget(at.selectbox, "Boxes of").set_value("Pneumonia").run()
+    assert "00022178_000.png: Pneumonia box" in [c for image in at.image for c in image.captions]

@@ -12,11 +12,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pipeline import data, paths, results, runs
+from pipeline import data, imagefolder, paths, results, runs
 from pipeline.errors import InputError
 
 IMAGES_DIR = paths.images_dir()
@@ -74,6 +75,7 @@ def sidebar() -> None:
         st.radio(
             "Data",
             list(DATA_SOURCES),
+            index=1 if imagefolder.is_custom() else 0,  # a user's own folder is labelled by the full metadata
             key="data_source",
             captions=["549 images shipped in nih/", "112,120 images of 30,805 patients"],
             help="What the Home and Dataset pages describe.",
@@ -85,7 +87,38 @@ def sidebar() -> None:
                          help=f"Training runs found under {display_path(paths.artifacts_dir() / 'runs')}")
         else:
             st.caption(f"No training run under `{display_path(paths.artifacts_dir() / 'runs')}` yet; see Home.")
+        st.caption(images_note())
         st.caption(DISCLAIMER)
+
+
+def images_note() -> str:
+    """Where the gallery's and Predict's images come from, and how to use a full image folder instead."""
+    try:
+        count = len(image_index())
+    except InputError as exc:
+        return f"Images: {exc}"
+    if imagefolder.is_custom():
+        folder = imagefolder.image_folders()[0]
+        return f"Images: {count:,} files in `{folder}` (from ${imagefolder.ENV_VAR})."
+    return (f"Images: the {count:,} embedded in `nih/images` and `nih/boxed`. For your own full NIH folder: "
+            f"`{imagefolder.ENV_VAR}=/data/nih/images make run`.")
+
+
+@st.cache_resource(show_spinner="Listing the image folder...", ttl=600)
+def _image_index(folders: tuple[str, ...]) -> dict[str, str]:
+    # a resource, not data: shared as is, never copied (a copy of 112,120 entries per call would cost seconds)
+    return imagefolder.list_images(folders)
+
+
+def image_index() -> dict[str, str]:
+    """``{file name: path}`` of the images the pages show (embedded, or ``$CHESTXRAY_IMAGES``), listed once."""
+    return _image_index(tuple(str(folder) for folder in imagefolder.image_folders()))
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def thumbnail(path: str, side: int = 320) -> np.ndarray:
+    """`pipeline.imagefolder.thumbnail`, made when first shown and kept."""
+    return imagefolder.thumbnail(path, side)
 
 
 def _default_run(found: list[runs.Run]) -> runs.Run:

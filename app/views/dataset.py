@@ -1,12 +1,15 @@
 """Dataset: prevalence, co-occurrence, findings per image, demographics, example images and the NIH boxes."""
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import shared
 import streamlit as st
 
-from pipeline import boxes, imaging, plots, stats
+from pipeline import boxes, imagefolder, plots, stats
+from pipeline.errors import InputError
 from pipeline.findings import FINDINGS, NO_FINDING
 
 GALLERY_SIZE = 8  # images per gallery page
@@ -29,12 +32,19 @@ def box_list() -> pd.DataFrame:
     return boxes.load_boxes()
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
 def gallery_image(name: str) -> np.ndarray:
-    """An embedded image as RGB with its NIH boxes, if any, scaled from the 1024 px original and drawn."""
-    image = imaging.load_image(shared.IMAGES_DIR / name)
-    height, width = image.shape
-    return boxes.draw_boxes(image, boxes.scale_boxes(boxes.boxes_for(box_list(), [name]), (width, height)))
+    """A thumbnail (made once, then cached) as RGB with its NIH boxes, if any, scaled and drawn."""
+    return imagefolder.with_boxes(shared.thumbnail(str(shared.image_index()[name])), name, box_list())
+
+
+def show_gallery(names: list[str], caption: Callable[[str], str], key: str) -> None:
+    """The images, `GALLERY_SIZE` per page in rows of 4, each with ``caption(name)`` (made for shown ones only)."""
+    pages = (len(names) + GALLERY_SIZE - 1) // GALLERY_SIZE
+    page = st.number_input(f"Page (of {pages})", 1, pages, 1, key=key) if pages > 1 else 1
+    shown = names[(page - 1) * GALLERY_SIZE : page * GALLERY_SIZE]
+    for row in range(0, len(shown), 4):
+        for column, image_name in zip(st.columns(4), shown[row : row + 4], strict=False):
+            column.image(gallery_image(image_name), caption=caption(image_name))
 
 
 name, path = shared.data_choice()
@@ -104,34 +114,35 @@ with right:
 
 st.header("Example images")
 selection = filtered(*filters)
-embedded = sorted(set(selection["Image"]) & {p.name for p in shared.IMAGES_DIR.glob("*.png")})
+try:
+    available = shared.image_index()
+except InputError as exc:  # $CHESTXRAY_IMAGES names no folder
+    st.error(str(exc), icon=":material/error:")
+    available = {}
+where = "the image folder" if imagefolder.is_custom() else "`nih/images` and `nih/boxed`"
+present = sorted(name for name in selection["Image"] if name in available)  # dict lookups: fast at 112,120
 all_boxes = box_list()
-if not embedded:
-    st.info(f"None of the {n:,} selected images is embedded in `nih/images`; only the sample's 549 are.")
+if not present:
+    st.info(f"None of the {n:,} selected images is in {where}; {shared.images_note()}")
 else:
-    pages = (len(embedded) + GALLERY_SIZE - 1) // GALLERY_SIZE
-    page = st.number_input(f"Page (of {pages})", 1, pages, 1) if pages > 1 else 1
     st.caption(
-        f"{len(embedded):,} of the selected images are embedded in `nih/images` (320 x 320 px), shown "
-        f"{GALLERY_SIZE} at a time with their NIH labels; NIH radiologist boxes are drawn where they exist."
+        f"{len(present):,} of the selected images are in {where}, shown {GALLERY_SIZE} at a time with their "
+        "NIH labels; NIH radiologist boxes are drawn where they exist."
     )
     labels = selection.set_index("Image")[list(FINDINGS)]
-    shown = embedded[(page - 1) * GALLERY_SIZE : page * GALLERY_SIZE]
-    for row in range(0, len(shown), 4):
-        for column, image_name in zip(st.columns(4), shown[row : row + 4], strict=False):
-            found = [f for f in FINDINGS if labels.at[image_name, f]]
-            column.image(gallery_image(image_name), caption=f"{image_name}: {', '.join(found) or NO_FINDING}")
+    show_gallery(present, lambda name: f"{name}: {', '.join(f for f in FINDINGS if labels.at[name, f]) or NO_FINDING}",
+                 key="gallery_page")
 
 st.header("Radiologist bounding boxes")
-with_boxes = boxes.boxes_for(all_boxes, embedded)
+with_boxes = all_boxes[[name in available for name in all_boxes["Image"]]]
 if len(with_boxes):
-    st.caption(f"{with_boxes['Image'].nunique()} of the embedded images above have NIH boxes; they are drawn on them.")
+    st.caption(f"{with_boxes['Image'].nunique():,} of the images in {where} carry some of the NIH's "
+               f"{len(all_boxes):,} boxes; they are drawn on them below, finding by finding.")
 else:
     st.info(
-        f"None of the {len(embedded):,} embedded images shown here has a box: the NIH drew its "
-        f"{len(all_boxes):,} boxes (`BBox_List_2017`) on {all_boxes['Image'].nunique():,} other images, which "
-        "this repository does not ship. So the boxes are shown without their images: where they lie on the "
-        "1024 x 1024 originals, and as a table."
+        f"None of the {len(available):,} images in {where} has a box: the NIH drew its "
+        f"{len(all_boxes):,} boxes (`BBox_List_2017`) on {all_boxes['Image'].nunique():,} other images. "
+        "So the boxes are shown without their images: where they lie on the 1024 x 1024 originals, and as a table."
     )
 with_findings = sorted(all_boxes["Finding"].unique())
 box_finding = st.selectbox("Boxes of", with_findings, index=with_findings.index("Cardiomegaly"),
@@ -155,3 +166,7 @@ with right:
     st.dataframe(shown_boxes, hide_index=True, height=520, column_config={
         c: st.column_config.NumberColumn(f"{c} (px)", format="%.0f") for c in ("x", "y", "w", "h")
     })
+boxed_here = sorted(with_boxes.loc[with_boxes["Finding"] == box_finding, "Image"].unique())
+if boxed_here:
+    st.subheader(f"{box_finding} boxes on their images ({len(boxed_here):,})")
+    show_gallery(boxed_here, lambda name: f"{name}: {box_finding} box", key="boxes_page")

@@ -3,11 +3,12 @@
 from dataclasses import asdict
 from pathlib import Path
 
+import localization as localization_view
 import pandas as pd
 import shared
 import streamlit as st
 
-from pipeline import compare, paths, plots, runs
+from pipeline import compare, localization, paths, plots, runs
 from pipeline.findings import FINDINGS
 from pipeline.results import SavedEvaluation, Summary
 
@@ -90,7 +91,9 @@ for name, result in evals.items():
             st.markdown("\n".join(f"- {note}" for note in notes))
 
 finding = st.selectbox("Finding", [ALL, *FINDINGS])
-tabs = st.tabs(["ROC", "Precision-recall", "Calibration", "Operating points", "Comparison", "Training history"])
+located = localization.find_results(run.path) if run is not None else []
+tabs = st.tabs(["ROC", "Precision-recall", "Calibration", "Operating points", "Comparison", "Training history",
+                *(["Localization"] if located else [])])
 
 one = None if finding == ALL else finding
 with tabs[0]:
@@ -191,3 +194,7 @@ with tabs[5]:
             "Solid: training loss; dashed: validation loss. Read from each run's history.csv"
             + ("; validated " + "; ".join(validation) + "." if validation else ".")
         )
+
+if located:
+    with tabs[6]:
+        localization_view.show_results(located)

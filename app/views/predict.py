@@ -4,6 +4,7 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import localization as localization_view
 import numpy as np
 import plotly.graph_objects as go
 import shared
@@ -12,6 +13,9 @@ from PIL import Image
 
 from pipeline import imaging, paths, plots
 from pipeline.errors import InputError
+
+PICK_LIST = 5000  # more images than this are picked by typing a file name
+DEFAULT_IMAGE = "00000001_000.png"  # the first sample image, as before the boxed images joined the list
 
 if TYPE_CHECKING:  # keras is imported when the model is first needed, behind a spinner
     import keras
@@ -40,16 +44,25 @@ def analyse(checkpoint: str, modified: float, image: np.ndarray) -> tuple[np.nda
     return probabilities, maps, model.finding_names(net), size
 
 
-@st.cache_data(show_spinner=False)
-def sample_names() -> list[str]:
-    return sorted(p.name for p in shared.IMAGES_DIR.glob("*.png"))
-
-
 def blend(image: np.ndarray, heatmap: np.ndarray, opacity: float) -> np.ndarray:
     """`pipeline.gradcam.overlay`, imported here so that TensorFlow loads only once a model is needed."""
     from pipeline import gradcam
 
     return gradcam.overlay(image, heatmap, opacity)
+
+
+def choose_image(column, available: dict) -> str:
+    """The picked image's name: a list for up to `PICK_LIST` images, else its file name typed in."""
+    if not available:
+        raise InputError("the image folder holds no PNG, JPEG or DICOM file; upload one instead")
+    names = list(available)
+    if len(names) <= PICK_LIST:
+        return column.selectbox("Or pick an image", names, index=names.index(DEFAULT_IMAGE) if DEFAULT_IMAGE in
+                                names else 0, help="Used when no file is uploaded; " + shared.images_note())
+    typed = column.text_input("Or give an image's file name", names[0], help=shared.images_note()).strip()
+    if typed not in available:
+        raise InputError(f"{typed}: no such image in the folder; give a file name such as {names[0]}")
+    return typed
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
@@ -85,10 +98,10 @@ if evaluation is not None:
 left, right = st.columns(2)
 upload = left.file_uploader("Upload a chest X-ray (PNG, JPEG or DICOM)", type=["png", "jpg", "jpeg", "dcm", "dicom"],
                             help="Read in memory and never written to disk.")
-sample = right.selectbox("Or pick an embedded sample image", sample_names(),
-                         help="Used when no file is uploaded: 320 x 320 px images from nih/images.")
 try:
-    image = imaging.load_image(upload) if upload is not None else imaging.load_image(shared.IMAGES_DIR / sample)
+    available = shared.image_index()
+    sample = choose_image(right, available)
+    image = imaging.load_image(upload) if upload is not None else imaging.load_image(available[sample])
 except InputError as exc:
     shared.show_error(exc)
     st.stop()
@@ -134,10 +147,17 @@ with heat:
     finding = st.selectbox("Grad-CAM for", ranked, help="Where the model's evidence for this finding lies.")
     opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05)
     overlay = blend(image, maps[names.index(finding)], opacity)
+    shown, overlay, box_table = localization_view.predict_boxes(image_name, image, overlay, maps, names)
     original, blended = st.columns(2)
-    original.image(image, caption=f"Original: {image_name}", width="stretch")
+    original.image(shown, caption=f"Original: {image_name}", width="stretch")
     blended.image(overlay, caption=f"Grad-CAM: {finding} ({probabilities[names.index(finding)]:.3f})",
                   width="stretch")
+    if box_table is not None:
+        st.dataframe(box_table, hide_index=True, column_config={
+            "Mass share in box": st.column_config.NumberColumn(format="%.3f")})
+        st.caption(f"`{image_name}` has NIH radiologist boxes, drawn on both images. Pointing game: a hit when "
+                   f"the finding's Grad-CAM maximum lies within {localization_view.TOLERANCE:g} px (of the 1024 px "
+                   "original) of its box.")
     st.caption("Red marks the regions that raised this finding's score most; blue, the least. It shows what the "
                "model used, which is not necessarily where the finding is.")
     st.download_button("Download the overlay (PNG)", png_bytes(overlay), icon=":material/download:",

@@ -13,7 +13,7 @@ import re
 import sys
 from pathlib import Path
 
-from pipeline.cli import evaluation, labels, prediction, training
+from pipeline.cli import evaluation, labels, localization, prediction, training
 from pipeline.errors import InputError
 
 # Library parameter -> the flag that sets it, for error messages.
@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_commands(commands)
     prediction.add_commands(commands)
     evaluation.add_commands(commands)
+    localization.add_reference_argument(commands.choices["evaluate"])
+    localization.add_commands(commands)
     return parser
 
 

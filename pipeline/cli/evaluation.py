@@ -57,8 +57,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     """Predictions (from a checkpoint or a CSV) and labels in, an evaluation folder out, its table printed."""
     from pipeline import evaluate
-    from pipeline.cli import warn
+    from pipeline.cli import localization, warn
 
+    if args.reference is not None:
+        return localization.run_reference(args)
     evaluation = evaluate.evaluate_files(
         args.labels,
         args.out,

@@ -67,14 +67,16 @@ def evaluate_files(
     Parameters
     ----------
     labels_file
-        Label CSV of the images evaluated (NIH Data_Entry or course format).
+        Label CSV of the images evaluated (NIH Data_Entry or course format), or a prepared folder
+        (`pipeline.prepare`), whose images a checkpoint then reads from its shards.
     checkpoint, images
-        A ``.keras`` checkpoint and the folder of the labelled images; or instead
+        A ``.keras`` checkpoint and the folder of the labelled images (not needed for a prepared folder); or
+        instead
     predictions_file
         A CSV with ``Image`` and one probability per finding (`pipeline.results.read_predictions`).
     valid_predictions, valid_labels, thresholds_file
-        At most one: a validation evaluation folder, validation labels to predict with ``checkpoint``, or a
-        JSON of thresholds. With neither, every threshold is 0.5.
+        At most one: a validation evaluation folder, validation labels (or a prepared folder) to predict with
+        ``checkpoint``, or a JSON of thresholds. With neither, every threshold is 0.5.
     target_sensitivity
         With validation data: the thresholds reaching this sensitivity instead of maximising Youden's J.
     n_bootstrap, seed
@@ -91,7 +93,8 @@ def evaluate_files(
     """
     if (checkpoint is None) == (predictions_file is None):
         raise InputError("give one of `checkpoint` (a model to run) or `predictions_file` (its predictions)")
-    if checkpoint is not None and images is None:
+    prepared = _prepared(labels_file)
+    if checkpoint is not None and images is None and prepared is None:
         raise InputError("`checkpoint` needs `images`, the folder holding the labelled images")
     if valid_labels is not None and checkpoint is None:
         raise InputError(
@@ -110,22 +113,34 @@ def evaluate_files(
     thresholds = read_thresholds(thresholds_file) if thresholds_file is not None else None
     valid = _validation_folder(Path(valid_predictions)) if valid_predictions is not None else None
     images_dir = images if checkpoint is not None else None
-    labels = data.load_labels(labels_file, images_dir=images_dir)
-    valid_table = data.load_labels(valid_labels, images_dir=images_dir) if valid_labels is not None else None
+    labels = prepared.table if prepared is not None else data.load_labels(labels_file, images_dir=images_dir)
+    valid_prepared = _prepared(valid_labels) if valid_labels is not None else None
+    valid_table = None
+    if valid_labels is not None:
+        if valid_prepared is None and images_dir is None:
+            raise InputError("`valid_labels` as a label file needs `images`, the folder holding its images")
+        valid_table = valid_prepared.table if valid_prepared else data.load_labels(valid_labels, images_dir=images_dir)
     notes: list[str] = []
     skipped: dict[str, str] = {}
 
     if checkpoint is not None:
-        from pipeline import model
+        from pipeline import model, predict
 
         net = model.load(checkpoint)
-        labels, predictions, skipped = _predict_readable(net, labels, Path(images), Path(labels_file).name, warn)
+        if prepared is not None:
+            predictions = predict.predict_prepared(net, prepared)
+        else:
+            name = Path(labels_file).name
+            labels, predictions, skipped = _predict_readable(net, labels, Path(images), name, warn)
         if skipped:
             image, why = next(iter(skipped.items()))
             notes.append(f"{len(skipped)} unreadable images left out, e.g. {image}: {why}")
         if valid_table is not None:
             name = Path(valid_labels).name
-            valid = (*_predict_readable(net, valid_table, Path(images), name, warn)[:2], name)
+            if valid_prepared is not None:
+                valid = (valid_table, predict.predict_prepared(net, valid_prepared), name)
+            else:
+                valid = (*_predict_readable(net, valid_table, Path(images), name, warn)[:2], name)
         source_name = f"predictions of {checkpoint}"
     else:
         predictions = read_predictions(predictions_file)
@@ -161,7 +176,7 @@ def evaluate_files(
     summary.checkpoint = str(checkpoint) if checkpoint is not None else None
     summary.predictions_file = str(predictions_file) if predictions_file is not None else None
     summary.labels_file = str(labels_file)
-    summary.labels_sha256 = sha256_of(labels_file)
+    summary.labels_sha256 = prepared.sha256 if prepared is not None else sha256_of(labels_file)
     summary.skipped_images = skipped
     write_evaluation(evaluation, out)
     if plots:
@@ -378,6 +393,17 @@ def _validation_folder(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, str]:
 
 
 # --- small helpers, shared with pipeline.compare ---------------------------------------------------------------
+
+
+def _prepared(path: str | Path) -> Any:
+    """The `pipeline.datasets.Source` of a prepared folder, or None for a label file."""
+    from pipeline import prepare
+
+    if not prepare.is_prepared(path):
+        return None
+    from pipeline import datasets  # TensorFlow: only where a prepared folder is read
+
+    return datasets.open_source(path)
 
 
 def check_bootstrap(n_bootstrap: int) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
@@ -99,6 +99,24 @@ def predict_table(
     table = pd.DataFrame(result.probabilities.astype(np.float64), columns=names)[list(FINDINGS)]
     table.insert(0, "Image", [image_of[path] for path in result.paths])
     return table, {image_of[path]: why for path, why in result.errors.items()}
+
+
+def predict_prepared(net: keras.Model, source: Any) -> pd.DataFrame:
+    """``Image`` and the 14 probabilities of every image of a prepared folder (`pipeline.datasets.Source`).
+
+    The images are read at the model's input size: as stored when the folder was prepared at that size,
+    else area-resized by TensorFlow from the stored size (close to, not exactly, `pipeline.imaging.resize`).
+    """
+    from pipeline import datasets
+
+    names = model.finding_names(net)
+    infer = model.inference_function(net)
+    batches = datasets.evaluation_batches(source, model.input_size(net), BATCH_SIZE * 4)
+    rows = [infer(x)[1].numpy() for x, _ in batches]
+    probabilities = np.concatenate(rows) if rows else _empty(net)
+    table = pd.DataFrame(probabilities.astype(np.float64), columns=names)[list(FINDINGS)]
+    table.insert(0, "Image", source.table["Image"].to_numpy())
+    return table
 
 
 def _forward(net: keras.Model, images: list[np.ndarray]) -> np.ndarray:

@@ -306,7 +306,8 @@ def _commit_epoch(out: Path, net: keras.Model, state: dict[str, Any], row: dict[
     epoch = row["epoch"]
     checkpoint = runstate.checkpoint_path(out, epoch)
     model_lib.save(net, checkpoint)
-    state = runstate.next_state(state, row, checkpoint.relative_to(out).as_posix(), int(net.optimizer.iterations))
+    iterations = int(tf.convert_to_tensor(net.optimizer.iterations.value))  # a MirroredVariable under tf.distribute
+    state = runstate.next_state(state, row, checkpoint.relative_to(out).as_posix(), iterations)
     runstate.write_state(out, state)
     if state["best_epoch"] == epoch:
         _save_best(net, out)

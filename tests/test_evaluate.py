@@ -270,3 +270,30 @@ def test_evaluate_a_checkpoint_on_20_images(small_checkpoint, small_model, tmp_p
     expected = predict.predict_paths(small_model, [images / name for name in written["Image"].iloc[:2]])
     np.testing.assert_allclose(written[list(FINDINGS)].to_numpy()[:2], expected.probabilities, atol=1e-5)
     assert "Atelectasis" in stdout
+
+
+def test_evaluate_on_a_prepared_folder_matches_the_image_folder(small_checkpoint, tmp_path, capsys):
+    """A folder prepared at the model's input size gives the same images, so the same predictions (to 1e-5).
+
+    Thresholds come from a prepared validation folder; `--images` is not needed for either.
+    """
+    from pipeline import prepare
+
+    prepare.prepare(TEST_LABELS, IMAGES, tmp_path / "test", 64, workers=1, log=lambda line: None)
+    prepare.prepare(VALID_LABELS, IMAGES, tmp_path / "valid", 64, workers=1, log=lambda line: None)
+    common = ["--checkpoint", small_checkpoint, "--bootstrap", "50"]
+    code, _, err = run_main(capsys, "evaluate", *common, "--labels", TEST_LABELS, "--images", IMAGES,
+                            "--valid-labels", VALID_LABELS, "--out", tmp_path / "from-images")
+    assert code == 0, err
+    code, _, err = run_main(capsys, "evaluate", *common, "--labels", tmp_path / "test",
+                            "--valid-labels", tmp_path / "valid", "--out", tmp_path / "from-shards")
+    assert code == 0, err
+    images, shards = (pd.read_csv(tmp_path / name / "predictions.csv") for name in ("from-images", "from-shards"))
+    assert images["Image"].tolist() == shards["Image"].tolist()
+    np.testing.assert_allclose(shards[list(FINDINGS)], images[list(FINDINGS)], atol=1e-5)
+    a, b = (strict_json(tmp_path / name / "metrics.json") for name in ("from-images", "from-shards"))
+    assert a["labels_sha256"] == b["labels_sha256"]  # the prepared labels.csv holds the same rows
+    np.testing.assert_allclose(list(b["thresholds"].values()), list(a["thresholds"].values()), atol=1e-4)
+    code, _, err = run_main(capsys, "evaluate", *common, "--labels", tmp_path / "test", "--out", tmp_path / "x",
+                            "--valid-labels", VALID_LABELS)
+    assert_one_line_error(code, err, "--valid-labels", "--images")

@@ -95,16 +95,52 @@ def format_reports(reports: list[LeakageReport]) -> str:
     return "\n".join(lines)
 
 
-def split(table: pd.DataFrame, valid: float = 0.1, test: float = 0.1, seed: int = 0) -> dict[str, pd.DataFrame]:
+def split(
+    table: pd.DataFrame,
+    valid: float = 0.1,
+    test: float = 0.1,
+    seed: int = 0,
+    test_list: str | Path | None = None,
+) -> dict[str, pd.DataFrame]:
     """Split by patient into train/valid/test, stratified over the 14 findings.
 
     Iterative stratification (Sechidis et al., 2011) at patient level: the rarest finding is placed
     first, each of its patients going to the part that still needs most of it; patients with no finding
     fill the parts up to their image quota. Same table and seed, same split.
+
+    With ``test_list`` (a file of image names, e.g. the NIH ``test_list.txt.gz``) the test part is exactly
+    those images, ``test`` is ignored, and the rest is split into train and valid (``valid`` a share of it).
     """
+    if test_list is not None:
+        return _split_with_test_list(table, valid, seed, test_list)
     if not (0 < valid < 1 and 0 < test < 1 and valid + test < 1):
         raise InputError(f"`valid` {valid} and `test` {test}: give shares between 0 and 1 that sum to less than 1")
-    shares = np.array([1 - valid - test, valid, test])
+    return _split(table, np.array([1 - valid - test, valid, test]), seed)
+
+
+def _split_with_test_list(
+    table: pd.DataFrame, valid: float, seed: int, test_list: str | Path
+) -> dict[str, pd.DataFrame]:
+    if not 0 < valid < 1:
+        raise InputError(f"`valid` {valid}: give a share between 0 and 1")
+    listed = set(_read_list(Path(test_list)))
+    in_test = table["Image"].isin(listed)
+    if not in_test.any():
+        raise InputError(f"{Path(test_list).name}: none of its images is in the label file; check `test_list`")
+    test, rest = table[in_test].reset_index(drop=True), table[~in_test].reset_index(drop=True)
+    shared = set(test["PatientId"]) & set(rest["PatientId"])
+    if shared:
+        raise InputError(
+            f"{Path(test_list).name}: {len(shared)} patients have images both in and outside the list "
+            "(it is not patient-wise); use the official NIH test list, or split without `test_list`"
+        )
+    parts = _split(rest, np.array([1 - valid, valid, 0.0]), seed)
+    return {"train": parts["train"], "valid": parts["valid"], "test": test}
+
+
+def _split(table: pd.DataFrame, shares: np.ndarray, seed: int) -> dict[str, pd.DataFrame]:
+    """Patients to parts in proportion to ``shares`` (train, valid, test); a part with share 0 stays empty."""
+    open_parts = [p for p in range(3) if shares[p] > 0]
     per_patient = table.groupby("PatientId", sort=True)[list(FINDINGS)].sum()
     per_patient["n_images"] = table.groupby("PatientId", sort=True).size()
     if len(per_patient) < 3:
@@ -126,13 +162,13 @@ def split(table: pd.DataFrame, valid: float = 0.1, test: float = 0.1, seed: int 
         finding = int(np.argmin(np.where(remaining > 0, remaining, np.inf)))
         for i in np.flatnonzero(unassigned & (counts[:, finding] > 0)):
             # the part that needs this finding most; ties go to the part with most room left
-            target = max(range(3), key=lambda p: (need[p, finding], room[p]))
+            target = max(open_parts, key=lambda p: (need[p, finding], room[p]))
             part_of[i] = target
             unassigned[i] = False
             need[target] -= counts[i]
             room[target] -= sizes[i]
     for i in np.flatnonzero(unassigned):
-        target = int(np.argmax(room))
+        target = max(open_parts, key=lambda p: room[p])
         part_of[i] = target
         room[target] -= sizes[i]
 
@@ -140,7 +176,7 @@ def split(table: pd.DataFrame, valid: float = 0.1, test: float = 0.1, seed: int 
     for index, name in enumerate(("train", "valid", "test")):
         chosen = set(patients[part_of == index])
         parts[name] = table[table["PatientId"].isin(chosen)].reset_index(drop=True)
-        if parts[name].empty:
+        if parts[name].empty and shares[index] > 0:
             raise InputError(f"the {name} part came out empty; give more patients or larger shares")
     for a, b in combinations(parts, 2):
         if check_for_leakage(parts[a], parts[b]):  # by construction this never happens; refuse if it does

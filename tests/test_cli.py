@@ -139,3 +139,22 @@ def test_help_from_any_folder(tmp_path):
     assert result.returncode == 0, result.stderr
     for command in ("stats", "leakage", "split", "audit", "train", "predict", "evaluate", "compare"):
         assert command in result.stdout
+
+
+def test_split_around_the_official_test_list(tmp_path):
+    """`split --test-list`: the official test images exactly, the rest split by patient into train and valid."""
+    test_list = NIH / "metadata" / "test_list.txt.gz"
+    result = run("split", "--labels", METADATA, "--test-list", test_list, "--valid", "0.1", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    parts = {name: pd.read_csv(tmp_path / f"{name}.csv") for name in ("train", "valid", "test")}
+    assert set(parts["test"]["Image"]) == set(pd.read_csv(test_list, header=None)[0])
+    assert len(parts["train"]) + len(parts["valid"]) == 86_524
+    assert abs(len(parts["valid"]) / 86_524 - 0.1) < 0.01
+    assert run("leakage", *(tmp_path / f"{name}.csv" for name in parts)).returncode == 0
+    patient = parts["train"]["PatientId"].value_counts().index[0]  # a patient with several images
+    one_image = tmp_path / "one.txt"
+    one_image.write_text(parts["train"].loc[parts["train"]["PatientId"] == patient, "Image"].iloc[0] + "\n")
+    leaky = run("split", "--labels", METADATA, "--test-list", one_image, "--out", tmp_path / "y")
+    assert leaky.returncode == 2 and "not patient-wise" in leaky.stderr
+    bad = run("split", "--labels", METADATA, "--test-list", tmp_path / "nowhere.txt", "--out", tmp_path / "x")
+    assert bad.returncode == 2 and "split list not found" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

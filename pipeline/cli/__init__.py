@@ -40,6 +40,7 @@ FLAGS = {
     "predictions_file": "--predictions",
     "target_sensitivity": "--target-sensitivity",
     "test": "--test",
+    "test_list": "--test-list",
     "thresholds_file": "--thresholds",
     "top": "--top",
     "valid": "--valid",

@@ -26,6 +26,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="folder for the three CSVs")
     p.add_argument("--valid", type=float, default=0.1, help="share of images for validation (default 0.1)")
     p.add_argument("--test", type=float, default=0.1, help="share of images for test (default 0.1)")
+    p.add_argument(
+        "--test-list", type=Path, metavar="LIST", help="the test part is exactly these images (e.g. the NIH test_list)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--names",
@@ -73,7 +76,7 @@ def run_split(args: argparse.Namespace) -> int:
     from pipeline import data, leakage
 
     table = data.load_labels(args.labels)
-    parts = leakage.split(table, valid=args.valid, test=args.test, seed=args.seed)
+    parts = leakage.split(table, valid=args.valid, test=args.test, seed=args.seed, test_list=args.test_list)
     written = data.write_splits(parts, args.out, names=args.names)
     for name, path in written.items():
         part = parts[name]

@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from pipeline import quiet
 from pipeline.errors import InputError
 
 # Where the embedded data lives, relative to the repository root.
@@ -79,6 +80,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return predict.predict_from_args(args)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pipeline import data, model, serving
+
+    checkpoint = args.run / "best.keras"
+    images = [[args.images / name for name in data.load_labels(path)["Image"]] for path in (args.train, args.valid)]
+    summary = serving.add_serving_artifacts(args.run, model.load(checkpoint), images[0], images[1], checkpoint)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline import evaluate
 
@@ -94,6 +105,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--verbose", action="store_true", help=f"keep TensorFlow's start-up logging (also: {quiet.VERBOSE_ENV}=1)"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("stats", help="dataset statistics of a label file")
@@ -153,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=3, help="overlays for this many top findings (default 3)")
     p.set_defaults(func=_cmd_predict)
 
+    p = commands.add_parser("export", help="add the ONNX export and typicality statistics to a run")
+    p.add_argument("--run", required=True, type=Path, help="run folder with best.keras")
+    p.add_argument("--train", required=True, type=Path, help="the run's training labels (image names)")
+    p.add_argument("--valid", required=True, type=Path, help="the run's validation labels (image names)")
+    p.add_argument("--images", required=True, type=Path)
+    p.set_defaults(func=_cmd_export)
+
     p = commands.add_parser("evaluate", help="per-finding AUC with CIs, thresholds, calibration")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path)
@@ -186,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet.silence_tensorflow(args.verbose)
     try:
         return args.func(args)
     except InputError as exc:

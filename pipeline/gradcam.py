@@ -8,22 +8,27 @@ up to a positive factor. Differentiating the sigmoid probability instead of the 
 gradient by ``p_k * (1 - p_k) > 0``, another positive per-class factor. Each map is normalised to
 [0, 1], which removes these factors, so one forward pass that returns ``A`` and the probabilities gives
 all 14 maps. `gradcam_tape` is the generic GradientTape version, kept as the reference.
+
+TensorFlow is imported inside the functions that take a Keras model, so `maps_from_cams` and `overlay`
+serve an exported model (`pipeline.serving`) without it.
 """
 
 from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
-import keras
 import numpy as np
-import tensorflow as tf
 
 from pipeline import imaging
 from pipeline.errors import InputError
-from pipeline.model import CAM_LAYER, PREDICTIONS, inference_function, input_size
+
+if TYPE_CHECKING:
+    import keras
+
+CAM_LAYER = "relu"  # pipeline.model.CAM_LAYER, repeated so this module imports no TensorFlow
 
 # model -> {layer name: traced tape function}; traced for the reason in `pipeline.model.inference_function`.
 _TAPES: weakref.WeakKeyDictionary[keras.Model, dict[str, Callable[..., Any]]] = weakref.WeakKeyDictionary()
@@ -35,16 +40,26 @@ def heatmaps(model: keras.Model, image: np.ndarray) -> tuple[np.ndarray, np.ndar
     ``image`` is an H x W grayscale array (as from `pipeline.imaging.load_image`); it is resized to the
     model input, and the maps are resized back to H x W.
     """
+    import keras
+
+    from pipeline.model import PREDICTIONS, inference_function
+
     image = np.asarray(image)
     features, probabilities = inference_function(model)(_model_input(model, image))
     kernel = keras.ops.convert_to_numpy(model.get_layer(PREDICTIONS).kernel)  # channels x findings
     cams = np.maximum(features.numpy()[0] @ kernel, 0.0)  # h x w x findings
-    maps = np.stack([_to_heatmap(cam, image.shape) for cam in np.moveaxis(cams, -1, 0)])
-    return probabilities.numpy()[0], maps
+    return probabilities.numpy()[0], maps_from_cams(cams, image.shape)
+
+
+def maps_from_cams(cams: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Heatmaps ``[n_findings, H, W]`` in [0, 1] from class activation maps ``h x w x n_findings``."""
+    return np.stack([_to_heatmap(cam, shape) for cam in np.moveaxis(np.asarray(cams), -1, 0)])
 
 
 def gradcam_tape(model: keras.Model, image: np.ndarray, class_index: int, layer_name: str = CAM_LAYER) -> np.ndarray:
     """Generic Grad-CAM of one finding (gradient of its probability), H x W in [0, 1]: the reference."""
+    import tensorflow as tf
+
     image = np.asarray(image)
     features, gradients = _tape_function(model, layer_name)(_model_input(model, image), tf.constant(class_index))
     channel_weights = tf.reduce_mean(gradients, axis=(1, 2))  # 1 x channels
@@ -75,6 +90,8 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, opacity: float = 0.4) -> np.
 
 
 def _model_input(model: keras.Model, image: np.ndarray) -> np.ndarray:
+    from pipeline.model import input_size
+
     if image.ndim != 2:
         raise ValueError(f"expected an H x W grayscale image, got shape {image.shape}")
     resized = imaging.resize(image, input_size(model))
@@ -83,6 +100,11 @@ def _model_input(model: keras.Model, image: np.ndarray) -> np.ndarray:
 
 def _tape_function(model: keras.Model, layer_name: str) -> Callable[..., Any]:
     """A cached, traced ``f(x, class_index) -> (features, d probability / d features)`` of one layer."""
+    import keras
+    import tensorflow as tf
+
+    from pipeline.model import PREDICTIONS
+
     functions = _TAPES.setdefault(model, {})
     if layer_name not in functions:
         submodel = keras.Model(model.input, [model.get_layer(layer_name).output, model.get_layer(PREDICTIONS).output])

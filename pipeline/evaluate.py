@@ -404,6 +404,7 @@ def evaluate_from_args(args: argparse.Namespace) -> None:
         if skipped:
             image, why = next(iter(skipped.items()))
             notes.append(f"{len(skipped)} unreadable images left out, e.g. {image}: {why}")
+        notes += _guard_note(args.checkpoint, [Path(args.images) / image for image in labels["Image"]])
         if valid_labels is not None:
             name = Path(args.valid_labels).name
             valid = (*_predict_readable(model, valid_labels, args.images, name)[:2], name)
@@ -446,6 +447,18 @@ def evaluate_from_args(args: argparse.Namespace) -> None:
     write_evaluation(evaluation, args.out)
     print(format_metrics(evaluation.metrics))
     print(f"wrote {PREDICTIONS}, {LABELS}, {METRICS}, {ROC}, {PR}, {CALIBRATION} to {args.out}")
+
+
+def _guard_note(checkpoint: Path, paths: list[Path]) -> list[str]:
+    """A note counting the images the run's out-of-distribution guard flags (they stay in the metrics)."""
+    from pipeline import serving
+
+    flagged = serving.flag_paths(checkpoint, paths)
+    if not flagged:
+        return []
+    path, why = next(iter(flagged.items()))
+    return [f"{len(flagged)} of {len(paths)} images flagged out of distribution by the run's guard (kept in the "
+            f"metrics), e.g. {Path(path).name}: {why}"]
 
 
 def _predict_readable(

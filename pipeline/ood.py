@@ -115,7 +115,8 @@ def pixel_reason(decoded: np.ndarray) -> str | None:
     small = cv2.resize(gray.astype(np.float32), (256, 256), interpolation=cv2.INTER_AREA)
     fine = float(np.std(small - cv2.GaussianBlur(small, (0, 0), 1.5)) / max(float(np.std(small)), 1e-6))
     if fine > MAX_FINE_DETAIL:
-        return f"looks like noise ({fine:.0%} of its contrast is pixel-level detail); upload the radiograph"
+        return (f"{fine:.0%} of its contrast is pixel-level detail (noise, text or a fine pattern), unlike a "
+                "radiograph; upload the radiograph")
     return None
 
 

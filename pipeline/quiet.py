@@ -24,11 +24,14 @@ VERBOSE_ENV = "CHESTXRAY_VERBOSE"  # set to 1 to keep TensorFlow's logging
 
 
 def silence_tensorflow(verbose: bool = False) -> None:
-    """Silence TensorFlow's start-up logging unless ``verbose``, ``$CHESTXRAY_VERBOSE`` or the user's own
-    ``TF_CPP_MIN_LOG_LEVEL`` asks for it. Call before TensorFlow is imported; harmless after."""
-    if verbose or os.environ.get(VERBOSE_ENV, "") not in ("", "0") or "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+    """Silence TensorFlow's start-up logging unless ``verbose`` or ``$CHESTXRAY_VERBOSE`` (not 0) asks for it.
+
+    Call before TensorFlow is imported; harmless after. A ``TF_CPP_MIN_LOG_LEVEL`` already set is kept, but
+    does not turn the import hook off (tf2onnx, for one, sets it for the whole process).
+    """
+    if verbose or os.environ.get(VERBOSE_ENV, "") not in ("", "0"):
         return
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietImport())

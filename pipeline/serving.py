@@ -135,6 +135,35 @@ def analyse(
     return answers
 
 
+def flag_paths(
+    checkpoint: str | os.PathLike[str], paths: Sequence[str | os.PathLike[str]], predictor: Predictor | None = None
+) -> dict[str, str]:
+    """``{path: reason}`` for the readable images the run's guard flags as out of distribution.
+
+    Without typicality statistics beside the checkpoint only the pixel checks run (no model is loaded);
+    with them, ``predictor`` (default: `load_predictor`) computes the features, a batch at a time.
+    Unreadable files are skipped: the caller reports those itself.
+    """
+    stats = ood.load(Path(checkpoint).parent)
+    if stats is not None and predictor is None:
+        predictor = load_predictor(checkpoint)
+    flagged: dict[str, str] = {}
+    for start in range(0, len(paths), BATCH_SIZE):
+        batch: list[tuple[str, np.ndarray]] = []
+        for path in paths[start : start + BATCH_SIZE]:
+            try:
+                batch.append((os.fspath(path), imaging.load_decoded(path)))
+            except InputError:
+                continue
+        grays = [imaging.to_gray(decoded) for _, decoded in batch]
+        pooled = predictor.forward(grays).pooled if stats is not None and predictor is not None else None
+        for i, ((path, decoded), gray) in enumerate(zip(batch, grays, strict=True)):
+            verdict = ood.judge(decoded, gray, None if pooled is None else pooled[i : i + 1], stats)
+            if not verdict.in_distribution:
+                flagged[path] = str(verdict.reason)
+    return flagged
+
+
 def add_serving_artifacts(
     run_dir: str | os.PathLike[str],
     model: keras.Model,

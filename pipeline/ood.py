@@ -37,6 +37,7 @@ INFO_FILE = "typicality.json"
 PASS_RATE = 0.99  # share of validation images that must pass
 COMPONENTS = 32  # principal components kept; the rest of the variance is one isotropic term
 
+CHECK_SIDE = 256  # side of the copy the pixel checks look at
 MAX_ASPECT = 2.0  # chest films are about 0.75-1.33 wide per tall
 COLOUR_LEVELS = 24  # channel spread (max - min, 8-bit levels) that counts a pixel as coloured
 COLOUR_SHARE = 0.05  # share of coloured pixels that makes an image a colour image (annotations stay below)
@@ -98,21 +99,23 @@ def pixel_reason(decoded: np.ndarray) -> str | None:
     aspect = max(height, width) / min(height, width)
     if aspect > MAX_ASPECT:
         return f"aspect ratio {aspect:.1f}:1 is not a chest film's (at most {MAX_ASPECT:.0f}:1); upload the whole film"
-    scale = 1.0 if decoded.dtype == np.uint8 else 255 / np.iinfo(decoded.dtype).max
-    levels = decoded.astype(np.float64) * scale
-    if decoded.ndim == 3:
-        spread = levels.max(axis=2) - levels.min(axis=2)
+    # every check runs on a 256 x 256 copy (area average), so its cost does not grow with the image
+    small = cv2.resize(decoded, (CHECK_SIDE, CHECK_SIDE), interpolation=cv2.INTER_AREA).astype(np.float32)
+    if decoded.dtype != np.uint8:
+        small *= 255 / np.iinfo(decoded.dtype).max
+    if small.ndim == 3:
+        red, green, blue = (small[:, :, i] for i in range(3))  # channel by channel: reducing axis 2 is slow
+        spread = np.maximum(np.maximum(red, green), blue) - np.minimum(np.minimum(red, green), blue)
         coloured = float(np.mean(spread > COLOUR_LEVELS))
         if coloured > COLOUR_SHARE:
             return f"a colour image ({coloured:.0%} of pixels coloured); X-rays are grayscale, upload the radiograph"
-    gray = levels if levels.ndim == 2 else levels.mean(axis=2)
+        small = (red + green + blue) / 3
     if decoded.dtype != np.uint8:  # 16-bit images are stretched to their own range before the model sees them
-        low, high = float(gray.min()), float(gray.max())
-        gray = (gray - low) * (255 / (high - low)) if high > low else np.zeros_like(gray)
-    low, high = np.percentile(gray, [1, 99])
+        low, high = float(small.min()), float(small.max())
+        small = (small - low) * (255 / (high - low)) if high > low else np.zeros_like(small)
+    low, high = np.percentile(small, [1, 99])
     if high - low < MIN_SPREAD:
         return f"a nearly uniform image (98% of pixels within {high - low:.0f} grey levels); upload the radiograph"
-    small = cv2.resize(gray.astype(np.float32), (256, 256), interpolation=cv2.INTER_AREA)
     fine = float(np.std(small - cv2.GaussianBlur(small, (0, 0), 1.5)) / max(float(np.std(small)), 1e-6))
     if fine > MAX_FINE_DETAIL:
         return (f"{fine:.0%} of its contrast is pixel-level detail (noise, text or a fine pattern), unlike a "

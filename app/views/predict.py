@@ -218,9 +218,16 @@ if flagged:
 show_flagged = bool(flagged) and st.checkbox(SHOW_ANYWAY + " (flagged files)", value=False, key="anyway-batch")
 table = batch_table(results, names, show_flagged)
 above = [column for column in table if column.endswith(">= threshold")]
-st.dataframe(table.drop(columns=above), hide_index=True, width="stretch")
-st.caption("Probabilities of each finding; " + (threshold_note + "; the CSV has a yes/no column per finding for "
-           "its threshold." if thresholds else threshold_note + ".") + " Typicality at least 1 passes the guard.")
+shown = table.drop(columns=above)
+marked = [name for name in names if name in thresholds]
+styled = shown.style.apply(
+    lambda column: [f"color: {shared.POSITIVE}; font-weight: bold" if p >= thresholds[column.name] else ""
+                    for p in column.fillna(-1.0)], subset=marked
+).format(precision=3, subset=[*names, "Typicality"], na_rep="")
+st.dataframe(styled, hide_index=True, width="stretch")
+st.caption("Probabilities of each finding; " + ("red: at or above the finding's operating threshold (the CSV has a "
+           f"yes/no column per finding), {threshold_note}." if thresholds else threshold_note + ".")
+           + " Typicality at least 1 passes the guard.")
 st.download_button("Download the table (CSV)", table.to_csv(index=False).encode(), icon=":material/download:",
                    file_name="predictions.csv", mime="text/csv")
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -138,15 +137,21 @@ def judge(decoded: np.ndarray, gray: np.ndarray, pooled: np.ndarray | None, stat
     return Verdict(why is None, None if score is None else round(score, 4), why)
 
 
+def polarity_pair(gray: np.ndarray) -> np.ndarray:
+    """``[2, features]``: `polarity_features` of a gray image and of its inversion, the polarity check's data."""
+    return np.stack([polarity_features(gray), polarity_features(255 - gray)])
+
+
 def fit(
-    train_pooled: np.ndarray, valid_pooled: np.ndarray, train_gray: Sequence[np.ndarray], components: int = COMPONENTS
+    train_pooled: np.ndarray, valid_pooled: np.ndarray, train_polarity: np.ndarray, components: int = COMPONENTS
 ) -> Typicality:
     """Fit the statistics on the training images and set the threshold with held-out images.
 
-    The threshold is the largest distance of any held-out image: each training image scored by a fit on
-    the other four fifths (5-fold), and every validation image scored by the full fit. So every image the
-    run was made from passes, at least `PASS_RATE` of the validation images pass, and about one new
-    in-distribution image in that many held-out ones is expected to be flagged.
+    ``train_pooled`` / ``valid_pooled`` are the pooled features (n x channels); ``train_polarity`` is
+    `polarity_pair` of each training image (n x 2 x features). The threshold is the largest distance of
+    any held-out image: each training image scored by a fit on the other four fifths (5-fold), and every
+    validation image scored by the full fit. So every image the run was made from passes, and at least
+    `PASS_RATE` of the validation images do.
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -163,8 +168,9 @@ def fit(
     need = math.ceil(PASS_RATE * len(valid_distances))  # this many validation images must pass
     threshold = max(float(valid_distances[need - 1]), float(np.max(np.concatenate([*held_out, valid_distances]))))
 
-    features = np.array([polarity_features(g) for g in train_gray] + [polarity_features(255 - g) for g in train_gray])
-    labels = np.r_[np.zeros(len(train_gray)), np.ones(len(train_gray))]
+    pairs = np.asarray(train_polarity, np.float64)
+    features = np.concatenate([pairs[:, 0], pairs[:, 1]])
+    labels = np.r_[np.zeros(len(pairs)), np.ones(len(pairs))]
     polarity = LogisticRegression(C=POLARITY_C, max_iter=5000).fit(features, labels)
     weights, bias = polarity.coef_[0], float(polarity.intercept_[0])
     return replace(stats, threshold=threshold, polarity_weights=weights, polarity_bias=bias)

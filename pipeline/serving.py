@@ -31,6 +31,7 @@ OPSET = 17
 INPUT = "image"
 OUTPUTS = ("probabilities", "features", "cams")
 BATCH_SIZE = 16
+MAX_STATS_IMAGES = 5000  # training / validation images read for the typicality statistics, at most
 
 
 class Forward(NamedTuple):
@@ -170,13 +171,16 @@ def add_serving_artifacts(
     train_images: Sequence[str | os.PathLike[str]],
     valid_images: Sequence[str | os.PathLike[str]],
     checkpoint: str | os.PathLike[str] | None = None,
+    max_images: int = MAX_STATS_IMAGES,
 ) -> dict[str, Any]:
     """Export ``model`` beside its checkpoint and store the run's typicality statistics; returns a summary.
 
     Called at the end of training (``model`` is the best checkpoint, loaded) and by
     ``python -m pipeline export`` for existing runs. ``train_images`` / ``valid_images`` are the image files
-    the run was trained / validated on; the features come from the export itself, so the statistics
-    describe exactly what is served. ``checkpoint`` defaults to ``run_dir/best.keras``.
+    the run was trained / validated on; at most ``max_images`` of each, evenly spaced, are read, a batch
+    at a time, so a full-dataset run costs minutes and little memory. The features come from the export
+    itself, so the statistics describe exactly what is served. ``checkpoint`` defaults to
+    ``run_dir/best.keras``.
     """
     run_dir = Path(run_dir)
     checkpoint = Path(checkpoint) if checkpoint is not None else run_dir / "best.keras"
@@ -184,22 +188,40 @@ def add_serving_artifacts(
     predictor = load_predictor(checkpoint)
     if not isinstance(predictor, OnnxPredictor):
         raise RuntimeError(f"{model_path}: the export just written is not served; check {checkpoint}")
-    train_gray = [imaging.load_image(path) for path in train_images]
-    valid_gray = [imaging.load_image(path) for path in valid_images]
-    train_pooled, valid_pooled = predictor.forward(train_gray).pooled, predictor.forward(valid_gray).pooled
-    stats = ood.fit(train_pooled, valid_pooled, train_gray)
-    valid_pass = float(np.mean(stats.score(valid_pooled) >= 1.0))
-    inverted = [str(path) for path, gray in zip(train_images, train_gray, strict=True) if stats.inverted(gray) > 0]
+    train_paths, valid_paths = _evenly(train_images, max_images), _evenly(valid_images, max_images)
+    train_pooled, train_polarity = _statistics_inputs(predictor, train_paths)
+    valid_pooled, _ = _statistics_inputs(predictor, valid_paths)
+    stats = ood.fit(train_pooled, valid_pooled, train_polarity)
+    inverted = train_polarity[:, 0] @ stats.polarity_weights + stats.polarity_bias > 0
     info = {
         "checkpoint": checkpoint.name,
         "checkpoint_sha256": sha256_of(checkpoint),
-        "train_images": len(train_gray),
-        "valid_images": len(valid_gray),
-        "valid_pass_rate": valid_pass,
-        "train_images_inverted": inverted,
+        "train_images": len(train_paths),
+        "valid_images": len(valid_paths),
+        "valid_pass_rate": float(np.mean(stats.score(valid_pooled) >= 1.0)),
+        "train_images_inverted": [str(path) for path, flag in zip(train_paths, inverted, strict=True) if flag],
     }
     ood.save(stats, run_dir, info)
     return {"export": str(model_path), "threshold": stats.threshold, **info}
+
+
+def _evenly(paths: Sequence[str | os.PathLike[str]], limit: int) -> list[str | os.PathLike[str]]:
+    """At most ``limit`` of ``paths``, evenly spaced (all of them when there are fewer)."""
+    if len(paths) <= limit:
+        return list(paths)
+    return [paths[int(i)] for i in np.linspace(0, len(paths) - 1, limit).round()]
+
+
+def _statistics_inputs(predictor: Predictor, paths: Sequence[str | os.PathLike[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled features (n x channels) and `ood.polarity_pair` (n x 2 x features) of image files, a batch at a time."""
+    pooled, pairs = [], []
+    for start in range(0, len(paths), BATCH_SIZE):
+        grays = [imaging.load_image(path) for path in paths[start : start + BATCH_SIZE]]
+        pooled.append(predictor.forward(grays).pooled)
+        pairs += [ood.polarity_pair(gray) for gray in grays]
+    if not pooled:
+        raise InputError("no images to compute the typicality statistics from; give the run's training images")
+    return np.concatenate(pooled), np.stack(pairs)
 
 
 def export_paths(checkpoint: str | os.PathLike[str]) -> tuple[Path, Path]:

@@ -217,4 +217,6 @@ def load(run_dir: str | os.PathLike[str]) -> Typicality | None:
                               float(arrays["residual_variance"]), float(info["threshold"]),
                               arrays["polarity_weights"], float(arrays["polarity_bias"]))
     except (OSError, ValueError, KeyError) as exc:
-        raise InputError(f"{run_dir / STATS_FILE}: unreadable typicality statistics ({exc}); rerun `export`") from None
+        raise InputError(
+            f"{run_dir / STATS_FILE}: unreadable typicality statistics ({exc}); rerun `python -m pipeline export`"
+        ) from None

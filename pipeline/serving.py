@@ -78,7 +78,9 @@ class OnnxPredictor(Predictor):
         try:
             self._session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for a corrupt file
-            raise InputError(f"{path}: cannot load the exported model ({reason(exc)}); rerun `export`") from None
+            raise InputError(
+                f"{path}: cannot load the exported model ({reason(exc)}); rerun `python -m pipeline export`"
+            ) from None
         self.names = list(info["findings"])
         self.input_size = int(info["input_size"])
         self.path = path

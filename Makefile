@@ -22,13 +22,16 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 # Rebuild the shipped demo runs (about an hour on a 2-core CPU): the class-weighted loss and plain BCE,
-# same everything else; each evaluated on nih/test.csv with thresholds chosen on nih/valid-small.csv.
+# same everything else; each exported (ONNX + typicality statistics) and evaluated on nih/test.csv with
+# thresholds chosen on nih/valid-small.csv.
 DEMO_SETTINGS := --train nih/train-small.csv --valid nih/valid-small.csv --images nih/images --weights none \
 	--image-size 128 --epochs 30 --batch-size 16 --lr 1e-3 --patience 8 --seed 0
 demo-model: $(STAMP)
 	for loss in weighted plain; do \
 	  run=artifacts/runs/densenet121-128-$$loss; \
 	  $(VENV)/bin/python -m pipeline train $(DEMO_SETTINGS) --loss $$loss --out $$run && \
+	  $(VENV)/bin/python -m pipeline export --run $$run --train nih/train-small.csv --valid nih/valid-small.csv \
+	    --images nih/images && \
 	  $(VENV)/bin/python -m pipeline evaluate --checkpoint $$run/best.keras --labels nih/valid-small.csv \
 	    --images nih/images --out $$run/eval-valid && \
 	  $(VENV)/bin/python -m pipeline evaluate --checkpoint $$run/best.keras --labels nih/test.csv \

@@ -157,3 +157,21 @@ def test_png_and_8bit_dicom_of_the_same_pixels_predict_the_same(tmp_path):
     png, dcm = serving.analyse(predictor, None, decoded)
     np.testing.assert_allclose(png.probabilities, dcm.probabilities, atol=1e-5)
     np.testing.assert_allclose(png.heatmaps, dcm.heatmaps, atol=1e-5)
+
+
+def test_export_command_adds_both_files_to_a_run(small_model, tmp_path, capsys):
+    from pipeline.cli import main
+
+    labels = {part: load_labels(NIH / f"{part}.csv") for part in ("train-small", "valid-small")}
+    labels["train-small"].head(12).to_csv(tmp_path / "train.csv", index=False)
+    labels["valid-small"].head(5).to_csv(tmp_path / "valid.csv", index=False)
+    argv = ["export", "--run", str(tmp_path / "run"), "--train", str(tmp_path / "train.csv"),
+            "--valid", str(tmp_path / "valid.csv"), "--images", str(IMAGES)]
+    assert main(argv) == 2  # no checkpoint yet: one line, no traceback
+    assert "checkpoint not found" in capsys.readouterr().err
+    model.save(small_model, tmp_path / "run" / "best.keras")
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["train_images"] == 12 and summary["valid_pass_rate"] == 1.0
+    assert {p.name for p in (tmp_path / "run").iterdir()} >= {"best.onnx", "best.onnx.json", ood.STATS_FILE,
+                                                              ood.INFO_FILE}

@@ -85,7 +85,7 @@ def page(served):
     app_url, _ = served
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        # A second tab opens Predict first, so the server imports TensorFlow and loads the model while the
+        # A second tab opens Predict first, so the server loads the model (TensorFlow, without an export) while the
         # other pages are being tested.
         browser.new_page().goto(f"{app_url}/predict")
         tab = browser.new_page(viewport={"width": WIDTH, "height": 900})

@@ -198,3 +198,11 @@ def test_predict_upload_and_corrupt_file(page, served, tmp_path):
     settle(page)
     assert images.count() == 2
     screenshot(page, "predict-error")
+
+    # a click on the third row (the RGBA original) shows its Grad-CAM: the grid is a canvas, rows 35 px high
+    box = page.locator('[data-testid="stDataFrame"]').bounding_box()
+    page.mouse.click(box["x"] + 12, box["y"] + 35 * 3 + 17)
+    page.get_by_text("Image 00000100_000.png", exact=False).wait_for()
+    images.nth(1).wait_for()
+    settle(page)
+    assert images.count() == 2

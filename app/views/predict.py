@@ -2,7 +2,8 @@
 
 Answers come from the run's ONNX export (`pipeline.serving`) when it has a current one, so the page needs
 no TensorFlow and answers the first upload quickly; the model session is opened when the page loads, before
-any upload. Several files give a table with a CSV download; choosing a row shows that image's Grad-CAM.
+any upload. Several files give a table with a CSV download; clicking or choosing a row shows that image's
+Grad-CAM.
 """
 
 from __future__ import annotations
@@ -224,7 +225,8 @@ styled = shown.style.apply(
     lambda column: [f"color: {shared.POSITIVE}; font-weight: bold" if p >= thresholds[column.name] else ""
                     for p in column.fillna(-1.0)], subset=marked
 ).format(precision=3, subset=[*names, "Typicality"], na_rep="")
-st.dataframe(styled, hide_index=True, width="stretch")
+event = st.dataframe(styled, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
+                     key="batch-table")
 st.caption("Probabilities of each finding; " + ("red: at or above the finding's operating threshold (the CSV has a "
            f"yes/no column per finding), {threshold_note}." if thresholds else threshold_note + ".")
            + " Typicality at least 1 passes the guard.")
@@ -233,7 +235,10 @@ st.download_button("Download the table (CSV)", table.to_csv(index=False).encode(
 
 readable = [label for label, answer, _ in results if answer is not None]
 if readable:
-    chosen = st.selectbox("Show the Grad-CAM of", readable, help="One row of the table, in detail.")
+    picked = [table["File"].iloc[row] for row in event.selection.rows if table["File"].iloc[row] in readable]
+    start = readable.index(picked[0]) if picked else 0  # a click on a row chooses it here
+    chosen = st.selectbox("Show the Grad-CAM of", readable, index=start, key=f"row-{start}",
+                          help="One row of the table, in detail; clicking a row in the table chooses it too.")
     answer = next(answer for label, answer, _ in results if label == chosen)
     if answer.verdict.in_distribution or show_flagged:
         show_image(chosen, images[chosen], answer, names, size)

@@ -25,7 +25,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 # Rebuild the shipped demo runs (about an hour on a 2-core CPU): the class-weighted loss and plain BCE,
-# same everything else; each evaluated on nih/test.csv with thresholds chosen on nih/valid-small.csv.
+# same everything else; each exported by train (ONNX + typicality statistics) and evaluated on nih/test.csv with
+# thresholds chosen on nih/valid-small.csv.
 DEMO_SETTINGS := --train nih/train-small.csv --valid nih/valid-small.csv --images nih/images --weights none \
 	--image-size 128 --epochs 30 --batch-size 16 --lr 1e-3 --patience 8 --seed 0
 demo-model: $(STAMP)

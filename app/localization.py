@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 import shared
 import streamlit as st
 
-from pipeline import boxes, imagefolder, localization, localize, paths
+from pipeline import boxes, imagefolder, localization, localize, paths, plots
 
 SCORE_NAMES = {"pointing": "Pointing game (hit rate)", "mass_share": "Share of map mass inside the box",
                **{f"iou_{level:g}": f"IoU, map thresholded at {level:g} x max" for level in localize.IOU_LEVELS}}
@@ -37,8 +37,8 @@ def read_result(folder: str, modified: float) -> tuple[dict, pd.DataFrame]:
 def comparison_figure(frame: pd.DataFrame, score: str) -> go.Figure:
     """Per finding and overall: the model's and the baseline's mean score as bars with their 95% intervals."""
     fig = go.Figure()
-    for source, color, name in (("model", shared.POSITIVE, "Model (Grad-CAM)"),
-                                ("baseline", shared.NEUTRAL, "Baseline (box prior, leave-one-out)")):
+    for source, color, name in (("model", plots.POSITIVE, "Model (Grad-CAM)"),
+                                ("baseline", plots.NEUTRAL, "Baseline (box prior, leave-one-out)")):
         values = frame[source].astype(float)
         fig.add_trace(go.Bar(
             x=frame["finding"], y=values, name=name, marker_color=color,
@@ -49,7 +49,7 @@ def comparison_figure(frame: pd.DataFrame, score: str) -> go.Figure:
         ))
     fig.update_layout(title=SCORE_NAMES.get(score, score), barmode="group", yaxis_range=[0, 1.05],
                       yaxis_title="Mean over boxes (95% CI over images)")
-    return shared.style(fig, height=420)
+    return plots.style(fig, height=420)
 
 
 def show_results(folders: list[Path]) -> None:

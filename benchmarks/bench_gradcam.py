@@ -5,6 +5,9 @@ forward pass. Every side runs the model the same way, as a tf.function traced be
 side traces its gradient too), on one image; each is
 warmed up, then timed several times (bare and heatmaps in turn), and medians are compared. An eager
 ``model(x, training=False)`` is timed too, to show what tracing saves.
+The out-of-distribution guard (`pipeline.ood.judge`: pixel checks, polarity, typicality from the pooled
+features the same pass returned) is timed against the heatmaps too (target: at most 10% of a prediction),
+with the shipped demo run's statistics, and against a whole served answer from the demo run's ONNX export.
 Run from the repository root: .venv/bin/python -m benchmarks.bench_gradcam [--size 224]
 """
 
@@ -21,11 +24,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import gradcam, imaging, model
+from pipeline import gradcam, imaging, model, ood, serving
 from pipeline.findings import FINDINGS
 from tests.gradcam_reference import gradcam_tape  # the textbook version, kept with the tests
 
-IMAGE = Path(__file__).resolve().parent.parent / "nih" / "images" / "00000001_000.png"
+REPO = Path(__file__).resolve().parent.parent
+IMAGE = REPO / "nih" / "images" / "00000001_000.png"
+DEMO = REPO / "artifacts" / "runs" / "densenet121-128-weighted"
 
 
 def median_times(funcs, repeats: int, warmup: int = 2) -> list[float]:
@@ -81,6 +86,32 @@ def main() -> None:
     print(f"heatmaps / bare forward:  {one_pass / bare:5.2f}x (target <= 1.3x)")
     print(f"14 tapes / heatmaps:      {tape / one_pass:5.2f}x")
     print(f"eager / traced forward:   {eager / bare:5.2f}x")
+
+    stats = ood.load(DEMO)
+    if stats is None:
+        print(f"no typicality statistics in {DEMO}: guard not timed")
+        return
+    decoded = imaging.load_decoded(IMAGE)
+    features, _ = model.inference_function(net)(x)
+    pooled = features.numpy().mean(axis=(1, 2))
+
+    def guard():
+        return ood.judge(decoded, image, pooled, stats)
+
+    predictor = serving.load_predictor(DEMO / "best.keras")
+
+    def served():  # the whole answer of the demo run's export, guard included
+        return serving.analyse(predictor, stats, [decoded])
+
+    def served_without_guard():
+        return predictor.forward([image])
+
+    judge, maps_again = median_times([guard, all_maps], args.repeats)
+    answer, forward_only = median_times([served, served_without_guard], args.repeats)
+    print(f"guard (pixel checks + polarity + typicality): {judge * 1e3:6.2f} ms (median of {args.repeats})")
+    print(f"guard / heatmaps at {args.size} px (TensorFlow):    {judge / maps_again:6.1%} (target <= 10%)")
+    print(f"served answer, demo export ({predictor.source}, {predictor.input_size} px): {answer * 1e3:6.1f} ms; "
+          f"forward pass alone {forward_only * 1e3:6.1f} ms; guard / answer {judge / answer:6.1%}")
 
 
 if __name__ == "__main__":

@@ -80,6 +80,13 @@ def check_tf_config(text: str | None) -> dict[str, Any]:
     return config
 
 
+def strategy_name(strategy: tf.distribute.Strategy) -> str:
+    """The `STRATEGIES` name of a strategy object (``"auto"`` resolves to one of the others)."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return "multi-worker"
+    return "mirrored" if isinstance(strategy, tf.distribute.MirroredStrategy) else "one"
+
+
 @dataclass(frozen=True)
 class WorkerRole:
     """This process's place among the workers: ``index`` of ``count``; the chief writes the run folder."""

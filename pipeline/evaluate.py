@@ -135,6 +135,8 @@ def evaluate_files(
         if skipped:
             image, why = next(iter(skipped.items()))
             notes.append(f"{len(skipped)} unreadable images left out, e.g. {image}: {why}")
+        if prepared is None:  # the guard reads the original files; a prepared folder holds resized copies
+            notes += _guard_note(checkpoint, [Path(images) / image for image in labels["Image"]])
         if valid_table is not None:
             name = Path(valid_labels).name
             if valid_prepared is not None:
@@ -359,6 +361,18 @@ def _calibration_frame(calibration: Mapping[str, Reliability]) -> pd.DataFrame:
 
 
 
+def _guard_note(checkpoint: Path, paths: list[Path]) -> list[str]:
+    """A note counting the images the run's out-of-distribution guard flags (they stay in the metrics)."""
+    from pipeline import serving
+
+    flagged = serving.flag_paths(checkpoint, paths)
+    if not flagged:
+        return []
+    path, why = next(iter(flagged.items()))
+    return [f"{len(flagged)} of {len(paths)} images flagged out of distribution by the run's guard (kept in the "
+            f"metrics), e.g. {Path(path).name}: {why}"]
+
+
 def _predict_readable(
     net: keras.Model, labels: pd.DataFrame, images_dir: Path, name: str, warn: Callable[[str], None] | None
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
@@ -393,6 +407,20 @@ def _validation_folder(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, str]:
 
 
 # --- small helpers, shared with pipeline.compare ---------------------------------------------------------------
+
+
+def _guard_note(checkpoint: str | Path, paths: list[Path]) -> list[str]:
+    """A note counting the images the run's out-of-distribution guard flags (they stay in the metrics)."""
+    from pipeline import serving
+
+    flagged = serving.flag_paths(checkpoint, paths)
+    if not flagged:
+        return []
+    path, why = next(iter(flagged.items()))
+    return [
+        f"{len(flagged)} of {len(paths)} images flagged out of distribution by the run's guard (kept in the "
+        f"metrics), e.g. {Path(path).name}: {why}"
+    ]
 
 
 def _prepared(path: str | Path) -> Any:

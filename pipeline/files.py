@@ -12,9 +12,10 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:  # not imported at run time: serving a prediction never needs pandas
+    import pandas as pd
 
 from pipeline.errors import InputError, reason
 

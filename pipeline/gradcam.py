@@ -7,21 +7,26 @@ are therefore ``w_ck / (h*w)``, and ``ReLU(sum_c w_ck * A_c)`` (the class activa
 up to a positive factor. Differentiating the sigmoid probability instead of the logit multiplies the
 gradient by ``p_k * (1 - p_k) > 0``, another positive per-class factor. Each map is normalised to
 [0, 1], which removes these factors, so one forward pass that returns ``A`` and the probabilities gives
-all 14 maps. `gradcam_tape` is the generic GradientTape version, kept as the reference.
+all 14 maps. The generic GradientTape version the tests hold this to is `tests/gradcam_reference.py`.
+
+TensorFlow is imported inside the functions that take a Keras model, so `maps_from_cams` and `overlay`
+serve an exported model (`pipeline.serving`) without it.
 """
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import cv2
-import keras
 import numpy as np
 
 from pipeline import imaging
 from pipeline.errors import InputError
 from pipeline.files import write_bytes_atomic
-from pipeline.model import HEAD_LAYER, inference_function, input_size
+
+if TYPE_CHECKING:
+    import keras
 
 
 def heatmaps(model: keras.Model, image: np.ndarray, full_size: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -31,13 +36,21 @@ def heatmaps(model: keras.Model, image: np.ndarray, full_size: bool = True) -> t
     model input, and the maps are resized back to H x W, or left at the model's input size when not
     ``full_size`` (small to cache; `overlay` scales them up).
     """
+    import keras
+
+    from pipeline.model import HEAD_LAYER, inference_function, input_size
+
     image = np.asarray(image)
     features, probabilities = inference_function(model)(model_input(model, image))
     kernel = keras.ops.convert_to_numpy(model.get_layer(HEAD_LAYER).kernel)  # channels x findings
     cams = np.maximum(features.numpy()[0] @ kernel, 0.0)  # h x w x findings
     shape = image.shape if full_size else (input_size(model),) * 2
-    maps = np.stack([to_heatmap(cam, shape) for cam in np.moveaxis(cams, -1, 0)])
-    return probabilities.numpy()[0], maps
+    return probabilities.numpy()[0], maps_from_cams(cams, shape)
+
+
+def maps_from_cams(cams: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Heatmaps ``[n_findings, H, W]`` in [0, 1] from class activation maps ``h x w x n_findings``."""
+    return np.stack([to_heatmap(cam, shape) for cam in np.moveaxis(np.asarray(cams), -1, 0)])
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, opacity: float = 0.4) -> np.ndarray:
@@ -75,6 +88,8 @@ def write_overlay(rgb: np.ndarray, path: str | os.PathLike[str]) -> None:
 
 def model_input(model: keras.Model, image: np.ndarray) -> np.ndarray:
     """An H x W grayscale image as the model's float32 ``[1, size, size, 1]`` input."""
+    from pipeline.model import input_size
+
     if image.ndim != 2:
         raise ValueError(f"expected an H x W grayscale image, got shape {image.shape}")
     resized = imaging.resize(image, input_size(model))

@@ -35,18 +35,28 @@ JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0x
 
 
 def load_image(source: str | os.PathLike[str] | bytes | bytearray | memoryview | Any) -> np.ndarray:
-    """Decode `source` into an H x W uint8 grayscale image.
+    """Decode `source` into an H x W uint8 grayscale image: `to_gray` of `load_decoded`.
 
     `source` is a path, raw bytes, or a file-like object with ``.getvalue()`` or ``.read()`` (a Streamlit
     ``UploadedFile``, an open file). PNG and JPEG: colour is converted to gray (alpha dropped), and a
     16-bit image is min-max scaled to 0-255 over its own range, because X-ray PNGs rarely use the full
     16 bits. DICOM: modality LUT (RescaleSlope/Intercept), then the VOI LUT or the first LINEAR window
-    (WindowCenter/WindowWidth), else min-max, then MONOCHROME1 is inverted so bone is always bright.
+    (WindowCenter/WindowWidth); without either, 8-bit stored values are used as stored and deeper ones
+    are min-max scaled; then MONOCHROME1 is inverted so bone is always bright.
 
     Raises
     ------
     InputError
         With one line naming the file, what is wrong and what to do, for anything not decodable.
+    """
+    return to_gray(load_decoded(source))
+
+
+def load_decoded(source: str | os.PathLike[str] | bytes | bytearray | memoryview | Any) -> np.ndarray:
+    """Decode `source` with its channels kept: H x W, or H x W x 3 RGB, uint8 or uint16 (alpha dropped).
+
+    For checks that need what `load_image` converts away (`pipeline.ood` looks at the colour). DICOM is
+    returned already mapped to 8-bit gray, as `load_image` describes. Raises `InputError` as `load_image`.
     """
     name, data = _read(source)
     try:
@@ -66,6 +76,12 @@ def load_image(source: str | os.PathLike[str] | bytes | bytearray | memoryview |
         message = f"{name}: {exc}" if name else str(exc)
         raise InputError(" ".join(message.splitlines())) from None
     return image
+
+
+def to_gray(decoded: np.ndarray) -> np.ndarray:
+    """The model's H x W uint8 gray image of a `load_decoded` array (16-bit: min-max over its own range)."""
+    image = decoded if decoded.ndim == 2 else cv2.cvtColor(decoded, cv2.COLOR_RGB2GRAY)
+    return image if image.dtype == np.uint8 else _min_max(image)
 
 
 def resize(image: np.ndarray, size: int) -> np.ndarray:
@@ -162,9 +178,9 @@ def _decode_raster(data: bytes, kind: str) -> np.ndarray:
         if channels == 1 or channels == 2:  # gray (+ alpha)
             image = image[:, :, 0]
         else:  # OpenCV decodes colour as BGR / BGRA; the alpha channel is dropped
-            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY if channels == 3 else cv2.COLOR_BGRA2GRAY)
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB if channels == 3 else cv2.COLOR_BGRA2RGB)
     _check_size(image.shape[1], image.shape[0])
-    return image if image.dtype == np.uint8 else _min_max(image)
+    return image
 
 
 def _decode_dicom(data: bytes) -> np.ndarray:
@@ -219,8 +235,10 @@ def _dicom_to_gray(ds: pydicom.Dataset) -> np.ndarray:
         # DICOM PS3.3 C.11.2.1.2 LINEAR window: maps [c - 0.5 - (w-1)/2, c - 0.5 + (w-1)/2] to [0, 255]
         scaled = ((values - (center - 0.5)) / (width - 1) + 0.5) * 255
         image = np.rint(np.clip(scaled, 0, 255)).astype(np.uint8)
+    elif int(ds.get("BitsStored", 16) or 16) <= 8 and values.min() >= 0 and values.max() <= 255:
+        image = values.astype(np.uint8)  # already 8-bit: stretching would move grey levels a PNG keeps
     else:
-        image = _min_max(values)
+        image = _min_max(values)  # deeper values without a window: the image's own range to 0-255
     return 255 - image if photometric == "MONOCHROME1" else image
 
 

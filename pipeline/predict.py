@@ -1,7 +1,9 @@
 """Probabilities of the 14 findings for images, image files and label tables (the CLI's ``predict`` prints them).
 
 Images are decoded by `pipeline.imaging.load_image` and resized with `pipeline.imaging.resize` to the
-checkpoint's input size; everything else (channels, normalisation) happens inside the model.
+checkpoint's input size; everything else (channels, normalisation) happens inside the model. The command
+answers from the checkpoint's export (`pipeline.serving`) when there is a current one, so this module
+imports TensorFlow (through `pipeline.model`) only inside the functions that run a Keras model.
 """
 
 from __future__ import annotations
@@ -9,15 +11,17 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import keras
 import numpy as np
 import pandas as pd
 
-from pipeline import imaging, model
+from pipeline import imaging
 from pipeline.errors import InputError, first_items
 from pipeline.findings import FINDINGS
+
+if TYPE_CHECKING:
+    import keras
 
 BATCH_SIZE = 16
 
@@ -42,6 +46,8 @@ class Predictions(NamedTuple):
 
 def predict_images(net: keras.Model, images: Sequence[np.ndarray]) -> np.ndarray:
     """Probabilities ``[len(images), n_findings]`` of H x W grayscale images (any size; resized here)."""
+    from pipeline import model
+
     size = model.input_size(net)
     resized = [imaging.resize(np.asarray(image), size) for image in images]
     batches = [_forward(net, resized[i : i + BATCH_SIZE]) for i in range(0, len(resized), BATCH_SIZE)]
@@ -55,6 +61,8 @@ def predict_paths(
 
     Only one batch of images is held in memory at a time, so a whole test set can be predicted.
     """
+    from pipeline import model
+
     size = model.input_size(net)
     batch: list[np.ndarray] = []
     results: list[np.ndarray] = []
@@ -88,6 +96,8 @@ def predict_table(
         ``Image`` and the 14 probabilities of the images that could be read, and ``{image: reason}`` for the
         others.
     """
+    from pipeline import model
+
     names = model.finding_names(net)
     if sorted(names) != sorted(FINDINGS):
         raise InputError(
@@ -107,7 +117,7 @@ def predict_prepared(net: keras.Model, source: Any) -> pd.DataFrame:
     The images are read at the model's input size: as stored when the folder was prepared at that size,
     else area-resized by TensorFlow from the stored size (close to, not exactly, `pipeline.imaging.resize`).
     """
-    from pipeline import datasets
+    from pipeline import datasets, model
 
     names = model.finding_names(net)
     infer = model.inference_function(net)
@@ -119,7 +129,29 @@ def predict_prepared(net: keras.Model, source: Any) -> pd.DataFrame:
     return table
 
 
+def overlay_stems(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """A distinct file-name stem per path: the file's stem, prefixed by its folders where stems collide."""
+    parts = [Path(os.path.abspath(path)).with_suffix("").parts for path in paths]
+    depth = [1] * len(parts)
+    while True:
+        stems = ["_".join(p[-d:]).lstrip("_/") for p, d in zip(parts, depth, strict=True)]
+        clashes = {stem for stem in stems if stems.count(stem) > 1}
+        grow = [i for i, stem in enumerate(stems) if stem in clashes and depth[i] < len(parts[i])]
+        if not grow:
+            break
+        for i in grow:
+            depth[i] += 1
+    seen: dict[str, int] = {}
+    unique = []
+    for stem in stems:  # the same path given twice: number the repeats
+        seen[stem] = seen.get(stem, 0) + 1
+        unique.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+    return unique
+
+
 def _forward(net: keras.Model, images: list[np.ndarray]) -> np.ndarray:
+    from pipeline import model
+
     x = np.stack(images)[..., np.newaxis].astype(np.float32)
     _, probabilities = model.inference_function(net)(x)
     return probabilities.numpy().astype(np.float32)

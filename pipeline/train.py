@@ -59,6 +59,7 @@ def train(
     strategy: str | tf.distribute.Strategy = "auto",
     mixed_precision: bool = False,
     jit_compile: bool = False,
+    export: bool = True,
     log: Callable[[str], Any] = print,
 ) -> pd.DataFrame:
     """Train a DenseNet121 on ``train_data``, validating on ``valid_data`` after every epoch.
@@ -90,6 +91,9 @@ def train(
     mixed_precision, jit_compile
         Compute in float16 with loss scaling (the head and the saved ``best.keras`` stay float32); compile
         the training step with XLA (one device).
+    export
+        At the end, export ``best.keras`` for serving and store the run's typicality statistics
+        (`pipeline.serving.add_serving_artifacts`), so the app and ``predict`` answer fast and guard their input.
     log
         Receives one line per event (a summary per epoch); a progress bar goes to stderr when it is a terminal.
 
@@ -135,7 +139,7 @@ def train(
         "loss": loss,
         "patience": patience,
         "seed": seed,
-        "strategy": {"name": type(strategy).__name__, "replicas": replicas, "workers": me.count},
+        "strategy": {"name": distribute.strategy_name(strategy), "replicas": replicas, "workers": me.count},
         "mixed_precision": mixed_precision,
         "jit_compile": jit_compile,
     }
@@ -245,6 +249,8 @@ def train(
         f"done: {state['epoch']} epochs, best val_mean_auc {runstate.format_auc(state['best_auc'])} "
         f"at epoch {state['best_epoch']} -> {out / runstate.BEST}"
     )
+    if export:
+        _export(out, train_source, valid_source, log)
     return runstate.history_frame(state)
 
 
@@ -315,6 +321,26 @@ def _commit_epoch(out: Path, net: keras.Model, state: dict[str, Any], row: dict[
     _write_tensorboard(out, state)
     runstate.remove_old_checkpoints(out, epoch)
     return state
+
+
+def _export(out: Path, train_source: datasets.Source, valid_source: datasets.Source, log: Callable) -> None:
+    """The inference export of ``best.keras`` and the typicality statistics, from (a sample of) the run's images."""
+    from pipeline import serving
+
+    log("exporting best.keras for serving and fitting the out-of-distribution guard ...")
+    images = [_sample(source, serving.MAX_STATS_IMAGES) for source in (train_source, valid_source)]
+    summary = serving.add_serving_artifacts(out, model_lib.load(out / runstate.BEST), *images)
+    log(f"served by {Path(summary['export']).name}; typicality threshold {summary['threshold']:.3g} from "
+        f"{summary['train_images']:,} training and {summary['valid_images']:,} validation images")
+
+
+def _sample(source: datasets.Source, limit: int) -> list[Any]:
+    """At most ``limit`` images of ``source``, evenly spaced: file paths, or for a prepared folder the images."""
+    if not source.prepared:
+        return [source.images_dir / name for name in source.table["Image"]]
+    every = max(1, -(-len(source) // limit))
+    dataset = source.images(source.prepared_size).shard(every, 0)
+    return [image[..., 0] for image, _ in dataset.as_numpy_iterator()]
 
 
 def _save_best(net: keras.Model, out: Path) -> None:

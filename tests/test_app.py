@@ -312,3 +312,44 @@ def test_damaged_artifacts_never_end_a_page_in_a_traceback(artifacts, tmp_path, 
             assert marked == (kind == "corrupt-metrics")
     elif page == "balance":
         assert len(at.get("plotly_chart")) == 2
+
+
+def test_predict_warns_on_a_non_xray_and_hides_its_probabilities(app):
+    import cv2
+
+    open_page(app, "predict")
+    photo = np.zeros((480, 640, 3), np.uint8)
+    photo[:, :320] = (0, 200, 0)
+    ok, data = cv2.imencode(".jpg", photo)
+    app.file_uploader[0].set_value([("holiday.jpg", data.tobytes(), "image/jpeg")]).run()
+    assert not app.exception
+    assert any("does not look like a chest X-ray" in e.value and "colour image" in e.value for e in app.error)
+    assert len(app.get("plotly_chart")) == 0 and len(app.image) == 0  # nothing shown until asked
+    widget(app.checkbox, "Show the probabilities anyway").check().run()
+    assert len(app.get("plotly_chart")) == 1 and len(app.image) == 2
+
+
+def test_predict_batch_upload_gives_a_table_csv_and_grad_cam_per_row(app):
+    import cv2
+
+    open_page(app, "predict")
+    xray = (TEST_DATA / "00000001_000.png").read_bytes()
+    other = (IMAGES / "00000002_000.png").read_bytes()
+    ok, flat = cv2.imencode(".png", np.full((300, 300), 120, np.uint8))
+    files = [("a.png", xray, "image/png"), ("b.png", other, "image/png"), ("flat.png", flat.tobytes(), "image/png"),
+             ("broken.png", xray[:300], "image/png")]
+    app.file_uploader[0].set_value(files).run()
+    assert not app.exception
+    assert "4 files: 2 predicted, 1 out of distribution, 1 unreadable" in app.subheader[0].value
+    assert any("broken.png" in e.value and "truncated" in e.value for e in app.error)
+    table = app.dataframe[0].value
+    assert list(table["File"]) == ["a.png", "b.png", "flat.png", "broken.png"]
+    assert list(table["Status"]) == ["ok", "ok", "out of distribution", "unreadable"]
+    assert table.loc[:1, list(FINDINGS)].notna().all().all()  # the good files are still predicted
+    assert table.loc[2:, list(FINDINGS)].isna().all().all()  # the flagged file's probabilities are hidden
+    assert "uniform" in table.loc[2, "Reason"]
+    chooser = widget(app.selectbox, "Show the Grad-CAM of")
+    assert chooser.options == ["a.png", "b.png", "flat.png"]
+    chooser.set_value("b.png").run()
+    assert "Image `b.png`" in text(app) and len(app.image) == 2
+    assert any(button.label == "Download the table (CSV)" for button in app.get("download_button"))

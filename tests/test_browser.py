@@ -85,7 +85,7 @@ def page(served):
     app_url, _ = served
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        # A second tab opens Predict first, so the server imports TensorFlow and loads the model while the
+        # A second tab opens Predict first, so the server loads the model (TensorFlow, without an export) while the
         # other pages are being tested.
         browser.new_page().goto(f"{app_url}/predict")
         tab = browser.new_page(viewport={"width": WIDTH, "height": 900})
@@ -184,18 +184,25 @@ def test_predict_upload_and_corrupt_file(page, served, tmp_path):
     assert page.get_by_text("Grad-CAM:", exact=False).is_visible()
     screenshot(page, "predict")
 
+    # more files are added to the upload: a table of three, the corrupt one listed with its reason
     corrupt = tmp_path / "truncated.png"
     corrupt.write_bytes((TEST_DATA / "00000001_000.png").read_bytes()[:500])
-    uploader.set_input_files(str(corrupt))
+    uploader.set_input_files([str(corrupt), str(TEST_DATA / "00000100_000.png")])  # the RGBA original too
+    page.get_by_text("3 files: 2 predicted, 0 out of distribution, 1 unreadable", exact=False).wait_for()
     error = page.locator('[data-testid="stAlertContentError"] [data-testid="stMarkdownContainer"]')
-    error.wait_for()
-    message = error.inner_text().strip()
+    error.first.wait_for()
+    message = error.first.inner_text().strip()
     assert message.startswith("truncated.png:") and "\n" not in message
+    page.locator('[data-testid="stDataFrame"]').wait_for()  # the table
+    images.nth(1).wait_for()  # the chosen row's Grad-CAM
+    settle(page)
+    assert images.count() == 2
     screenshot(page, "predict-error")
 
-    uploader.set_input_files(str(TEST_DATA / "00000100_000.png"))  # the RGBA original: the page still works
+    # a click on the third row (the RGBA original) shows its Grad-CAM: the grid is a canvas, rows 35 px high
+    box = page.locator('[data-testid="stDataFrame"]').bounding_box()
+    page.mouse.click(box["x"] + 12, box["y"] + 35 * 3 + 17)
     page.get_by_text("Image 00000100_000.png", exact=False).wait_for()
     images.nth(1).wait_for()
     settle(page)
-    assert error.count() == 0
     assert images.count() == 2

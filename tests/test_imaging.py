@@ -128,10 +128,16 @@ def test_jpeg_decodes(gray: np.ndarray, colour: bool) -> None:
     assert np.abs(image.astype(int) - gray).mean() < 2  # lossy, but the same picture
 
 
-def test_dicom_monochrome2_8bit(gray: np.ndarray) -> None:
-    image = load_image(dicom_bytes(gray))  # no window: min-max over the image
+def test_dicom_monochrome2_8bit_without_window_is_used_as_stored(gray: np.ndarray) -> None:
+    narrow = (gray // 2 + 40).astype(np.uint8)  # does not span 0-255: a stretch would move every level
+    image = load_image(dicom_bytes(narrow))
     assert image.dtype == np.uint8 and image.shape == gray.shape
-    np.testing.assert_array_equal(image, min_max(gray))
+    np.testing.assert_array_equal(image, narrow)
+
+
+def test_dicom_16bit_without_window_is_min_max_scaled(gray: np.ndarray) -> None:
+    wide = gray.astype(np.uint16) * 16 + 300  # 12-bit-like stored values: the documented mapping
+    np.testing.assert_array_equal(load_image(dicom_bytes(wide)), min_max(wide))
 
 
 def test_dicom_monochrome1_is_inverted(gray: np.ndarray) -> None:

@@ -60,6 +60,7 @@ def _command(train_data: Path, valid_data: Path, out: Path | None, epochs: int =
         *("train", "--train", str(train_data), "--valid", str(valid_data)),
         *(("--out", str(out)) if out is not None else ()),
         *("--weights", "none", "--image-size", str(SMALL_SIZE), "--epochs", str(epochs), "--batch-size", str(BATCH)),
+        "--no-export",  # the export is tested once, at the end of the mixed-precision run
     ]
 
 
@@ -92,7 +93,7 @@ def _resume(train_data: Path, valid_data: Path, out: Path, log) -> pd.DataFrame:
     """Continue the test run in ``out`` in this process, with the settings it was started with."""
     return train.train(
         train_data, valid_data, None, out, image_size=SMALL_SIZE, epochs=EPOCHS, batch_size=BATCH, weights="none",
-        resume=True, log=log,
+        resume=True, export=False, log=log,
     )
 
 
@@ -245,7 +246,7 @@ def test_config_records_settings_data_and_versions(run):
         assert config[part] == str(run[f"{part}_data"]) and config[f"{part}_prepared"] is True
         # the prepared labels.csv holds the same rows as the label file, so it hashes the same
         assert config[f"{part}_sha256"] == hashlib.sha256(run[f"{part}_csv"].read_bytes()).hexdigest()
-    assert config["strategy"] == {"name": "_DefaultDistributionStrategy", "replicas": 1, "workers": 1}
+    assert config["strategy"] == {"name": "one", "replicas": 1, "workers": 1}
     assert config["mixed_precision"] is False and config["init_from"] is None
     assert (config["n_train"], config["n_valid"]) == (N_TRAIN, N_VALID)
     freq_pos, freq_neg = data.compute_class_freqs(data.load_labels(run["train_csv"]))
@@ -268,7 +269,8 @@ def test_refuses_to_overwrite_a_run_without_resume(run, capsys):
 def test_resume_refuses_other_data_or_settings(run, tmp_path):
     changed = tmp_path / "valid.csv"
     pd.read_csv(run["valid_csv"]).head(N_VALID - 1).to_csv(changed, index=False)
-    common = {"epochs": EPOCHS, "batch_size": BATCH, "weights": "none", "resume": True, "log": lambda line: None}
+    common = {"epochs": EPOCHS, "batch_size": BATCH, "weights": "none", "resume": True, "export": False,
+              "log": lambda line: None}
     with pytest.raises(InputError, match="validation data differs"):
         train.train(run["train_data"], changed, IMAGES, run["out"], image_size=SMALL_SIZE, **common)
     with pytest.raises(InputError, match="image_size 64 -> 48"):
@@ -352,7 +354,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from pipeline import train
-settings = dict(image_size=64, batch_size=8, weights="none", strategy="mirrored", log=print)
+settings = dict(image_size=64, batch_size=8, weights="none", strategy="mirrored", export=False, log=print)
 train.train(sys.argv[1], sys.argv[2], None, sys.argv[3], epochs=1, **settings)
 train.train(sys.argv[1], sys.argv[2], None, sys.argv[3], epochs=2, resume=True, **settings)
 """
@@ -408,7 +410,7 @@ def test_two_workers_train_resume_after_both_are_killed_and_only_the_chief_write
     history = pd.read_csv(chief / runstate.HISTORY)
     assert list(history["epoch"]) == [1, 2] and np.isfinite(history[["loss", "val_loss"]]).all().all()
     config = json.loads((chief / runstate.CONFIG).read_text())
-    assert config["strategy"] == {"name": "MultiWorkerMirroredStrategy", "replicas": 2, "workers": 2}
+    assert config["strategy"] == {"name": "multi-worker", "replicas": 2, "workers": 2}
     assert [entry["after_epoch"] for entry in config["resumed"]] == [1]
     assert (chief / runstate.BEST).is_file() and (chief / "checkpoints" / "epoch-002.keras").is_file()
     single = run["uninterrupted"].loc[0, "loss"]
@@ -425,7 +427,7 @@ def test_mirrored_over_two_cpu_devices_trains_and_resumes_like_one_device(run, t
     assert "resuming" in result.stdout and "after epoch 1" in result.stdout
     history = pd.read_csv(out / runstate.HISTORY)
     config = json.loads((out / runstate.CONFIG).read_text())
-    assert config["strategy"] == {"name": "MirroredStrategy", "replicas": 2, "workers": 1}
+    assert config["strategy"] == {"name": "mirrored", "replicas": 2, "workers": 1}
     assert list(history["epoch"]) == [1, 2]
     np.testing.assert_allclose(history["loss"], run["uninterrupted"]["loss"][:2], rtol=LOSS_TOLERANCE)
 
@@ -433,8 +435,12 @@ def test_mirrored_over_two_cpu_devices_trains_and_resumes_like_one_device(run, t
 def test_mixed_precision_checkpoint_loads_and_predicts_in_float32_and_init_from_fine_tunes(run, tmp_path, capsys):
     mixed = tmp_path / "mixed"
     command = [*_command(run["train_data"], run["valid_data"], mixed, epochs=1), "--mixed-precision"]
+    command.remove("--no-export")
     result = subprocess.run([sys.executable, "-m", "pipeline", *command], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
+    # the end of training exported best.keras for serving and fitted the guard on the prepared images
+    assert "served by best.onnx" in result.stdout
+    assert {"best.onnx", "best.onnx.json", "typicality.npz", "typicality.json"} <= {p.name for p in mixed.iterdir()}
 
     # best.keras computes in float32 on this CPU; the mixed checkpoint of the same epoch predicts the same.
     best = model_lib.load(mixed / runstate.BEST)
@@ -456,7 +462,7 @@ def test_mixed_precision_checkpoint_loads_and_predicts_in_float32_and_init_from_
     lines: list[str] = []
     tuned = tmp_path / "tuned"
     train.train(run["train_data"], run["valid_data"], None, tuned, image_size=SMALL_SIZE, epochs=1, batch_size=BATCH,
-                lr=1e-12, init_from=mixed / runstate.BEST, log=lines.append)
+                lr=1e-12, init_from=mixed / runstate.BEST, export=False, log=lines.append)
     assert any(line.startswith("fine-tuning from") for line in lines)
     config = json.loads((tuned / runstate.CONFIG).read_text())
     assert config["init_from"]["sha256"] == hashlib.sha256((mixed / runstate.BEST).read_bytes()).hexdigest()

@@ -1,54 +1,50 @@
-"""Predict: the 14 probabilities of one X-ray and its Grad-CAM heatmaps. The only page that loads TensorFlow."""
+"""Predict: the 14 probabilities of uploaded X-rays, their Grad-CAM heatmaps, and a guard against non-X-rays.
+
+Answers come from the run's ONNX export (`pipeline.serving`) when it has a current one, so the page needs
+no TensorFlow and answers the first upload quickly; the model session is opened when the page loads, before
+any upload. Several files give a table with a CSV download; clicking or choosing a row shows that image's
+Grad-CAM.
+"""
+
+from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import localization as localization_view
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 import shared
 import streamlit as st
 from PIL import Image
 
-from pipeline import imaging, paths, plots
+from pipeline import gradcam, imaging, ood, paths, plots, serving
 from pipeline.errors import InputError
 
+SHOW_ANYWAY = "Show the probabilities anyway"
 PICK_LIST = 5000  # more images than this are picked by typing a file name
 DEFAULT_IMAGE = "00000001_000.png"  # the first sample image, as before the boxed images joined the list
 
-if TYPE_CHECKING:  # keras is imported when the model is first needed, behind a spinner
-    import keras
+
+@st.cache_resource(show_spinner="Loading the model...", max_entries=2)
+def load_predictor(path: str, modified: float) -> serving.Predictor:
+    """The checkpoint's export (or, without one, the checkpoint in TensorFlow), once per file version."""
+    return serving.load_predictor(path)
 
 
-@st.cache_resource(show_spinner="Loading the model (TensorFlow)...", max_entries=2)
-def load_model(path: str, modified: float) -> "keras.Model":
-    """The checkpoint as a Keras model, loaded once per file version (``modified`` is its mtime)."""
-    from pipeline import model
-
-    return model.load(path)
+@st.cache_resource(show_spinner=False, max_entries=2)
+def load_stats(run_dir: str, modified: float) -> ood.Typicality | None:
+    """The run's typicality statistics (None without them), once per file version."""
+    return ood.load(run_dir)
 
 
-@st.cache_data(show_spinner="Running the model and Grad-CAM...", max_entries=8)
-def analyse(checkpoint: str, modified: float, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str], int]:
-    """Probabilities, the 14 heatmaps, the finding names and the model's input size, for one image.
-
-    The heatmaps stay at the model's input size whatever the upload's size, so the cache stays small;
-    `gradcam.overlay` scales them up to the image.
-    """
-    from pipeline import gradcam, model
-
-    net = load_model(checkpoint, modified)
-    size = model.input_size(net)
-    probabilities, maps = gradcam.heatmaps(net, image, full_size=False)
-    return probabilities, maps, model.finding_names(net), size
-
-
-def blend(image: np.ndarray, heatmap: np.ndarray, opacity: float) -> np.ndarray:
-    """`pipeline.gradcam.overlay`, imported here so that TensorFlow loads only once a model is needed."""
-    from pipeline import gradcam
-
-    return gradcam.overlay(image, heatmap, opacity)
+@st.cache_data(show_spinner="Running the model and Grad-CAM...", max_entries=32)
+def analyse(checkpoint: str, modified: float, stats_modified: float, decoded: np.ndarray) -> serving.Answer:
+    """Probabilities, the 14 heatmaps at the model's input size, and the guard's verdict, for one image."""
+    predictor = load_predictor(checkpoint, modified)
+    stats = load_stats(str(Path(checkpoint).parent), stats_modified)
+    return serving.analyse(predictor, stats, [decoded], heatmap_size=predictor.input_size)[0]
 
 
 def choose_image(column, available: dict) -> str:
@@ -72,6 +68,102 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def mtime(path: Path) -> float:
+    return path.stat().st_mtime if path.is_file() else 0.0
+
+
+def show_verdict(answer: serving.Answer, key: str) -> bool:
+    """Warn about an out-of-distribution image; True when the probabilities may be shown."""
+    verdict = answer.verdict
+    if verdict.in_distribution:
+        return True
+    st.error(f"**This does not look like a chest X-ray the model can read:** {verdict.reason}. The model "
+             "answers with probabilities for any picture, so for this one they mean nothing.",
+             icon=":material/block:")
+    return st.checkbox(SHOW_ANYWAY, value=False, key=f"anyway-{key}",
+                       help="The probabilities and heatmaps of an out-of-distribution image are not meaningful.")
+
+
+def show_image(image_name: str, image: np.ndarray, answer: serving.Answer, names: list[str], size: int) -> None:
+    """The probability chart and the Grad-CAM overlay of one image."""
+    probabilities, maps = answer.probabilities, answer.heatmaps
+    order = np.argsort(-probabilities, kind="stable")
+    typicality = "" if answer.verdict.typicality is None else f" typicality {answer.verdict.typicality:.2f};"
+    st.caption(
+        f"Image `{image_name}` ({image.shape[1]} x {image.shape[0]} px, resized to {size} x {size} for the model);"
+        f"{typicality} model `{shared.display_path(run.checkpoint)}` (run {run.name}, served by "
+        f"{predictor.source}); {threshold_note}."
+    )
+    ranked = [names[k] for k in order]
+    values = probabilities[order]
+    above = [name in thresholds and p >= thresholds[name] for name, p in zip(ranked, values, strict=True)]
+    fig = go.Figure(go.Bar(
+        x=values, y=ranked, orientation="h", name="Probability", text=[f"{p:.3f}" for p in values],
+        textposition="outside", cliponaxis=False,
+        marker_color=[plots.POSITIVE if a else plots.NEGATIVE for a in above],
+        hovertemplate="%{y}: %{x:.3f}<extra></extra>",
+    ))
+    marked = [name for name in ranked if name in thresholds]
+    if marked:
+        fig.add_trace(go.Scatter(
+            x=[thresholds[name] for name in marked], y=marked, mode="markers", name="Operating threshold",
+            marker={"symbol": "line-ns", "size": 22, "line": {"width": 3, "color": "#222"}},
+            hovertemplate="%{y} threshold: %{x:.3f}<extra></extra>",
+        ))
+    fig.update_layout(title="Probability of each finding", xaxis_title="Probability (0-1)", xaxis_range=[0, 1.08],
+                      yaxis={"autorange": "reversed"})
+    plot, heat = st.columns([2, 3], gap="large")
+    with plot:
+        shared.chart(plots.style(fig, height=520, legend=False))
+        tick = "A black tick marks the finding's operating threshold; red bars reach it." if marked else ""
+        st.caption("Findings sorted by probability. Each finding is a separate yes/no question, so the probabilities "
+                   "do not sum to 1. " + tick)
+    with heat:
+        finding = st.selectbox("Grad-CAM for", ranked, help="Where the model's evidence for this finding lies.")
+        opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05)
+        overlay = gradcam.overlay(image, maps[names.index(finding)], opacity)
+        shown, overlay, box_table = localization_view.predict_boxes(image_name, image, overlay, maps, names)
+        original, blended = st.columns(2)
+        original.image(shown, caption=f"Original: {image_name}", width="stretch")
+        blended.image(overlay, caption=f"Grad-CAM: {finding} ({probabilities[names.index(finding)]:.3f})",
+                      width="stretch")
+        if box_table is not None:
+            st.dataframe(box_table, hide_index=True, column_config={
+                "Mass share in box": st.column_config.NumberColumn(format="%.3f")})
+            st.caption(f"`{image_name}` has NIH radiologist boxes, drawn on both images. Pointing game: a hit when "
+                       f"the finding's Grad-CAM maximum lies within {localization_view.TOLERANCE:g} px (of the 1024 "
+                       "px original) of its box.")
+        st.caption("Red marks the regions that raised this finding's score most; blue, the least. It shows what the "
+                   "model used, which is not necessarily where the finding is.")
+        st.download_button("Download the overlay (PNG)", png_bytes(overlay), icon=":material/download:",
+                           file_name=f"{Path(image_name).stem}_{finding}_gradcam.png", mime="image/png")
+
+
+def batch_table(results: list[tuple[str, serving.Answer | None, str | None]], names: list[str],
+                show_flagged: bool) -> pd.DataFrame:
+    """One row per file: status, typicality, reason, each finding's probability (hidden for flagged images)."""
+    rows = []
+    for file, answer, error in results:
+        row: dict[str, object] = {"File": file}
+        if answer is None:
+            row.update({"Status": "unreadable", "Typicality": None, "Reason": error})
+        else:
+            verdict = answer.verdict
+            row.update({"Status": "ok" if verdict.in_distribution else "out of distribution",
+                        "Typicality": verdict.typicality, "Reason": verdict.reason or ""})
+            if verdict.in_distribution or show_flagged:
+                row.update({name: round(float(p), 4) for name, p in zip(names, answer.probabilities, strict=True)})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    for name in names:
+        if name not in table:
+            table[name] = np.nan
+        if name in thresholds:
+            limit = thresholds[name]
+            table[f"{name} >= threshold"] = table[name].map(lambda p, t=limit: None if pd.isna(p) else bool(p >= t))
+    return table
+
+
 st.title("Predict")
 st.warning(shared.DISCLAIMER + " Probabilities come from a model trained on a small research sample.",
            icon=":material/warning:")
@@ -85,6 +177,15 @@ if run.checkpoint is None:
     st.code(shared.train_command(run.path), language="bash")
     st.stop()
 
+checkpoint_time = mtime(run.checkpoint)
+stats_time = mtime(run.checkpoint.parent / ood.STATS_FILE)
+try:  # opened now, before any upload, so that the first answer does not wait for it
+    predictor = load_predictor(str(run.checkpoint), checkpoint_time)
+except InputError as exc:  # e.g. a checkpoint that is not a model of this project
+    shared.show_error(exc)
+    st.stop()
+names, size = predictor.names, predictor.input_size
+
 evaluation = shared.headline_evaluation(run)
 thresholds, threshold_note = {}, "no evaluation of this run yet, so no operating thresholds are marked"
 if evaluation is not None:
@@ -94,71 +195,77 @@ if evaluation is not None:
         thresholds = result.thresholds
         threshold_note = (f"thresholds from `{paths.shorten(evaluation, paths.artifacts_dir())}`, "
                           f"{result.threshold_source.describe(result.target_sensitivity)}")
+if stats_time == 0.0:
+    st.info(f"Run {run.name} has no typicality statistics, so only the cheap checks (colour, flat, noise, aspect "
+            "ratio) guard against images that are not chest X-rays; add them with `python -m pipeline export`.")
 
 left, right = st.columns(2)
-upload = left.file_uploader("Upload a chest X-ray (PNG, JPEG or DICOM)", type=["png", "jpg", "jpeg", "dcm", "dicom"],
-                            help="Read in memory and never written to disk.")
+uploads = left.file_uploader("Upload chest X-rays (PNG, JPEG or DICOM; several at once for a table)",
+                             type=["png", "jpg", "jpeg", "dcm", "dicom"], accept_multiple_files=True,
+                             help="Read in memory and never written to disk.")
 try:
     available = shared.image_index()
     sample = choose_image(right, available)
-    image = imaging.load_image(upload) if upload is not None else imaging.load_image(available[sample])
 except InputError as exc:
     shared.show_error(exc)
     st.stop()
-image_name = upload.name if upload is not None else sample
+sources = [(upload.name, upload) for upload in uploads or []] or [(sample, available[sample])]
 
-try:
-    probabilities, maps, names, size = analyse(str(run.checkpoint), run.checkpoint.stat().st_mtime, image)
-except InputError as exc:  # e.g. a checkpoint that is not a model of this project
-    shared.show_error(exc)
+results: list[tuple[str, serving.Answer | None, str | None]] = []
+images: dict[str, np.ndarray] = {}
+for index, (name, source) in enumerate(sources):
+    label = name if all(other != name for other, _ in sources[:index]) else f"{name} ({index + 1})"
+    try:
+        decoded = imaging.load_decoded(source)
+    except InputError as exc:
+        results.append((label, None, str(exc)))
+        continue
+    images[label] = imaging.to_gray(decoded)
+    results.append((label, analyse(str(run.checkpoint), checkpoint_time, stats_time, decoded), None))
+
+if len(results) == 1:
+    label, answer, error = results[0]
+    if answer is None:
+        shared.show_error(InputError(error))
+        st.stop()
+    if show_verdict(answer, label):
+        show_image(label, images[label], answer, names, size)
     st.stop()
-order = np.argsort(-probabilities, kind="stable")
-st.caption(
-    f"Image `{image_name}` ({image.shape[1]} x {image.shape[0]} px, resized to {size} x {size} for the model); "
-    f"model `{shared.display_path(run.checkpoint)}` (run {run.name}); {threshold_note}."
-)
 
-ranked = [names[k] for k in order]
-values = probabilities[order]
-above = [name in thresholds and p >= thresholds[name] for name, p in zip(ranked, values, strict=True)]
-fig = go.Figure(go.Bar(
-    x=values, y=ranked, orientation="h", name="Probability", text=[f"{p:.3f}" for p in values],
-    textposition="outside", cliponaxis=False, marker_color=[plots.POSITIVE if a else plots.NEGATIVE for a in above],
-    hovertemplate="%{y}: %{x:.3f}<extra></extra>",
-))
-marked = [name for name in ranked if name in thresholds]
-if marked:
-    fig.add_trace(go.Scatter(
-        x=[thresholds[name] for name in marked], y=marked, mode="markers", name="Operating threshold",
-        marker={"symbol": "line-ns", "size": 22, "line": {"width": 3, "color": "#222"}},
-        hovertemplate="%{y} threshold: %{x:.3f}<extra></extra>",
-    ))
-fig.update_layout(title="Probability of each finding", xaxis_title="Probability (0-1)", xaxis_range=[0, 1.08],
-                  yaxis={"autorange": "reversed"})
-plot, heat = st.columns([2, 3], gap="large")
-with plot:
-    shared.chart(plots.style(fig, height=520, legend=False))
-    st.caption(
-        "Findings sorted by probability. Each finding is a separate yes/no question, so the probabilities do not "
-        "sum to 1. " + ("A black tick marks the finding's operating threshold; red bars reach it." if marked else "")
-    )
+flagged = sum(1 for _, answer, _ in results if answer is not None and not answer.verdict.in_distribution)
+unreadable = [(label, error) for label, answer, error in results if answer is None]
+st.subheader(f"{len(results)} files: {len(results) - flagged - len(unreadable)} predicted, "
+             f"{flagged} out of distribution, {len(unreadable)} unreadable")
+for _, error in unreadable:
+    shared.show_error(InputError(error))
+if flagged:
+    st.error(f"**{flagged} of the files do not look like chest X-rays the model can read**; their probabilities "
+             "are hidden because they mean nothing.", icon=":material/block:")
+show_flagged = bool(flagged) and st.checkbox(SHOW_ANYWAY + " (flagged files)", value=False, key="anyway-batch")
+table = batch_table(results, names, show_flagged)
+above = [column for column in table if column.endswith(">= threshold")]
+shown = table.drop(columns=above)
+marked = [name for name in names if name in thresholds]
+styled = shown.style.apply(
+    lambda column: [f"color: {plots.POSITIVE}; font-weight: bold" if p >= thresholds[column.name] else ""
+                    for p in column.fillna(-1.0)], subset=marked
+).format(precision=3, subset=[*names, "Typicality"], na_rep="")
+event = st.dataframe(styled, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
+                     key="batch-table")
+st.caption("Probabilities of each finding; " + ("red: at or above the finding's operating threshold (the CSV has a "
+           f"yes/no column per finding), {threshold_note}." if thresholds else threshold_note + ".")
+           + " Typicality at least 1 passes the guard.")
+st.download_button("Download the table (CSV)", table.to_csv(index=False).encode(), icon=":material/download:",
+                   file_name="predictions.csv", mime="text/csv")
 
-with heat:
-    finding = st.selectbox("Grad-CAM for", ranked, help="Where the model's evidence for this finding lies.")
-    opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05)
-    overlay = blend(image, maps[names.index(finding)], opacity)
-    shown, overlay, box_table = localization_view.predict_boxes(image_name, image, overlay, maps, names)
-    original, blended = st.columns(2)
-    original.image(shown, caption=f"Original: {image_name}", width="stretch")
-    blended.image(overlay, caption=f"Grad-CAM: {finding} ({probabilities[names.index(finding)]:.3f})",
-                  width="stretch")
-    if box_table is not None:
-        st.dataframe(box_table, hide_index=True, column_config={
-            "Mass share in box": st.column_config.NumberColumn(format="%.3f")})
-        st.caption(f"`{image_name}` has NIH radiologist boxes, drawn on both images. Pointing game: a hit when "
-                   f"the finding's Grad-CAM maximum lies within {localization_view.TOLERANCE:g} px (of the 1024 px "
-                   "original) of its box.")
-    st.caption("Red marks the regions that raised this finding's score most; blue, the least. It shows what the "
-               "model used, which is not necessarily where the finding is.")
-    st.download_button("Download the overlay (PNG)", png_bytes(overlay), icon=":material/download:",
-                       file_name=f"{Path(image_name).stem}_{finding}_gradcam.png", mime="image/png")
+readable = [label for label, answer, _ in results if answer is not None]
+if readable:
+    picked = [table["File"].iloc[row] for row in event.selection.rows if table["File"].iloc[row] in readable]
+    start = readable.index(picked[0]) if picked else 0  # a click on a row chooses it here
+    chosen = st.selectbox("Show the Grad-CAM of", readable, index=start, key=f"row-{start}",
+                          help="One row of the table, in detail; clicking a row in the table chooses it too.")
+    answer = next(answer for label, answer, _ in results if label == chosen)
+    if answer.verdict.in_distribution or show_flagged:
+        show_image(chosen, images[chosen], answer, names, size)
+    else:
+        st.info(f"`{chosen}` is out of distribution ({answer.verdict.reason}); tick the box above to see it anyway.")

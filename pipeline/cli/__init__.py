@@ -13,6 +13,7 @@ import re
 import sys
 from pathlib import Path
 
+from pipeline import quiet
 from pipeline.cli import evaluation, labels, localization, prediction, training
 from pipeline.errors import InputError
 
@@ -60,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of every command, each group added by its own module."""
     prog = "chestxray" if Path(sys.argv[0]).name == "chestxray" else "python -m pipeline"
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--verbose", action="store_true", help=f"keep TensorFlow's start-up logging (also: {quiet.VERBOSE_ENV}=1)"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     labels.add_commands(commands)
     training.add_commands(commands)
@@ -73,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; its exit code (2 for bad input, 130 when interrupted)."""
     args = build_parser().parse_args(argv)
+    quiet.silence_tensorflow(args.verbose)
     try:
         return args.func(args)
     except InputError as exc:

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,22 +23,32 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=int, default=3, help="overlays for this many top findings (default 3)")
     p.set_defaults(func=run_predict)
 
+    p = commands.add_parser("export", help="add the ONNX export and typicality statistics to a run")
+    p.add_argument("--run", required=True, type=Path, help="run folder with best.keras")
+    p.add_argument("--train", required=True, type=Path, help="the run's training labels (image names)")
+    p.add_argument("--valid", required=True, type=Path, help="the run's validation labels (image names)")
+    p.add_argument("--images", required=True, type=Path)
+    p.set_defaults(func=run_export)
+
 
 def run_predict(args: argparse.Namespace) -> int:
     """Print the probabilities of each image, optionally write Grad-CAM overlays.
 
     Output per image: a block of 14 ``finding  probability`` rows, or with ``--json`` one line
-    ``{"image": path, "probabilities": {finding: p}}`` (plus ``"gradcam": {finding: png}`` with ``--gradcam``).
-    ``--gradcam DIR`` writes ``DIR/<stem>_<finding>.png`` overlays of the ``--top`` most probable findings.
-    Returns 0 when every image was predicted, 2 when some could not be read (each reason is on stderr and
-    the readable images are still predicted).
+    ``{"image": path, "probabilities": {finding: p}, "in_distribution": bool, "typicality": t}`` (plus
+    ``"ood_reason"`` when not in distribution and ``"gradcam": {finding: png}`` with ``--gradcam``).
+    ``--gradcam DIR`` writes ``DIR/<name>_<finding>.png`` overlays of the ``--top`` most probable findings,
+    with names made unique across the batch (`pipeline.predict.overlay_stems`). Answers come from the run's
+    export when it is current (no TensorFlow). Returns 0 when every image was predicted, 2 when some could
+    not be read (each reason is on stderr and the readable images are still predicted).
     """
-    from pipeline import gradcam, imaging, model, predict
+    from pipeline import gradcam, imaging, ood, predict, serving
 
     if args.top < 1:
         raise InputError(f"--top must be at least 1, got {args.top}")
-    net = model.load(args.checkpoint)
-    names = model.finding_names(net)
+    predictor = serving.load_predictor(args.checkpoint)
+    stats = ood.load(Path(args.checkpoint).parent)
+    names = predictor.names
     if args.gradcam is not None:
         try:
             args.gradcam.mkdir(parents=True, exist_ok=True)
@@ -45,35 +56,52 @@ def run_predict(args: argparse.Namespace) -> int:
             raise InputError(f"--gradcam {args.gradcam}: cannot create the folder ({exc.strerror})") from None
 
     failed = 0
-    for path in args.images:
+    for path, stem in zip(args.images, predict.overlay_stems(args.images), strict=True):
         try:
-            image = imaging.load_image(path)
+            decoded = imaging.load_decoded(path)
         except InputError as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
             failed += 1
             continue
+        answer = serving.analyse(predictor, stats, [decoded])[0]
         overlays: dict[str, str] = {}
-        if args.gradcam is None:
-            probabilities = predict.predict_images(net, [image])[0]
-        else:
-            probabilities, maps = gradcam.heatmaps(net, image)
-            for k in np.argsort(-probabilities, kind="stable")[: args.top]:
-                out = args.gradcam / f"{Path(path).stem}_{names[k]}.png"
-                gradcam.write_overlay(gradcam.overlay(image, maps[k]), out)
+        if args.gradcam is not None:
+            gray = imaging.to_gray(decoded)
+            for k in np.argsort(-answer.probabilities, kind="stable")[: args.top]:
+                out = args.gradcam / f"{stem}_{names[k]}.png"
+                gradcam.write_overlay(gradcam.overlay(gray, answer.heatmaps[k]), out)
                 overlays[names[k]] = str(out)
-        print(_format(path, names, probabilities, overlays, as_json=args.json), flush=True)
+        print(_format(path, names, answer.probabilities, overlays, args.json, answer.verdict), flush=True)
     return 2 if failed else 0
 
 
-def _format(path: Path, names: list[str], probabilities: np.ndarray, overlays: dict[str, str], as_json: bool) -> str:
+def run_export(args: argparse.Namespace) -> int:
+    """Add the inference export and the typicality statistics to a run folder; print what was written."""
+    from pipeline import data, model, serving
+
+    checkpoint = args.run / "best.keras"
+    images = [[args.images / name for name in data.load_labels(path)["Image"]] for path in (args.train, args.valid)]
+    summary = serving.add_serving_artifacts(args.run, model.load(checkpoint), images[0], images[1], checkpoint)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _format(
+    path: Path, names: list[str], probabilities: np.ndarray, overlays: dict[str, str], as_json: bool, verdict: Any
+) -> str:
     if as_json:
         scores = {name: round(float(p), 6) for name, p in zip(names, probabilities, strict=True)}
-        record = {"image": str(path), "probabilities": scores}
+        record = {"image": str(path), "probabilities": scores, "in_distribution": verdict.in_distribution,
+                  "typicality": verdict.typicality}
+        if not verdict.in_distribution:
+            record["ood_reason"] = verdict.reason
         if overlays:
             record["gradcam"] = overlays
         return json.dumps(record)
     width = max(len(name) for name in names)
     lines = [str(path)]
+    if not verdict.in_distribution:
+        lines = [f"{path}  [OUT OF DISTRIBUTION: {verdict.reason}; the probabilities below are not meaningful]"]
     lines += [f"  {name:<{width}}  {p:6.3f}" for name, p in zip(names, probabilities, strict=True)]
     lines += [f"  Grad-CAM {name}: {out}" for name, out in overlays.items()]
     return "\n".join(lines) + "\n"

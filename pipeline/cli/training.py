@@ -42,6 +42,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--mixed-precision", action="store_true", help="float16 compute with loss scaling (GPUs)")
     p.add_argument("--jit-compile", action="store_true", help="compile the training step with XLA (one device)")
+    p.add_argument(
+        "--no-export", dest="export", action="store_false", help="skip the ONNX export and guard statistics at the end"
+    )
     p.set_defaults(func=run_train)
 
 
@@ -80,6 +83,7 @@ def run_train(args: argparse.Namespace) -> int:
         strategy=args.strategy,
         mixed_precision=args.mixed_precision,
         jit_compile=args.jit_compile,
+        export=args.export,
         log=_print,
     )
     return 0

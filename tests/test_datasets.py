@@ -103,7 +103,7 @@ def test_sizes_and_refusals(sources, tmp_path):
         datasets.training_batches(prepared, 96, BATCH, 1, 0)
     with pytest.raises(InputError, match="without manifest.json"):
         datasets.open_source(tmp_path)
-    with pytest.raises(InputError, match="needs an image folder"):
+    with pytest.raises(InputError, match="needs its image folder"):
         datasets.open_source(NIH / "test.csv")
     damaged = tmp_path / "damaged"
     damaged.mkdir()

@@ -22,6 +22,8 @@ moves it on: best AUC, the learning-rate plateau rule and early stopping.
 from __future__ import annotations
 
 import math
+import os
+import platform
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -168,6 +170,92 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0] % 2**31)
 
 
+def run_config(settings: dict[str, Any], train_source: Any, valid_source: Any) -> dict[str, Any]:
+    """Everything ``config.json`` records: the settings plus data hashes, sizes, class frequencies, versions.
+
+    ``train_source`` and ``valid_source`` are `pipeline.datasets.Source` objects (their labels and hashes).
+    """
+    import keras
+    import tensorflow as tf
+
+    from pipeline import data, datasets
+    from pipeline.losses import class_weights
+
+    train_table, valid_table = train_source.table, valid_source.table
+    freq_pos, _ = data.compute_class_freqs(train_table)
+    valid_freq_pos, _ = data.compute_class_freqs(valid_table)
+    loss_weights = None
+    if settings["loss"] == "weighted":
+        pos_weights, neg_weights = class_weights(train_table)
+        loss_weights = {"pos": _per_finding(pos_weights), "neg": _per_finding(neg_weights)}
+    return {
+        **settings,
+        "optimizer": "adam",
+        "lr_schedule": {"reduce_on_plateau": {"factor": LR_FACTOR, "epochs": LR_PLATEAU_EPOCHS}},
+        "augmentation": {
+            "rotation_degrees": datasets.ROTATION_DEGREES,
+            "shift": datasets.SHIFT,
+            "zoom": datasets.ZOOM,
+            "contrast": datasets.CONTRAST,
+            "horizontal_flip": False,
+        },
+        "findings": list(FINDINGS),
+        "train_prepared": train_source.prepared,
+        "valid_prepared": valid_source.prepared,
+        "train_sha256": train_source.sha256,
+        "valid_sha256": valid_source.sha256,
+        "n_train": len(train_table),
+        "n_valid": len(valid_table),
+        "train_patients": int(train_table["PatientId"].nunique()),
+        "valid_patients": int(valid_table["PatientId"].nunique()),
+        "train_freq_pos": _per_finding(freq_pos),
+        "valid_freq_pos": _per_finding(valid_freq_pos),
+        "loss_weights": loss_weights,
+        "versions": {
+            "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "numpy": np.__version__,
+            "pandas": pd.__version__,
+        },
+        "created": now(),
+    }
+
+
+def write_tensorboard(out: Path, state: dict[str, Any]) -> None:
+    """Log the history's epochs that TensorBoard has not seen yet (one scalar series per history column)."""
+    import tensorflow as tf
+
+    folder = out / TENSORBOARD
+    logged = _logged_epochs(folder)
+    rows = [row for row in state["history"] if row["epoch"] > logged]
+    if not rows:
+        return
+    writer = tf.summary.create_file_writer(os.fspath(folder))
+    with writer.as_default():
+        for row in rows:
+            for key, value in row.items():
+                if key == "epoch" or value is None or not np.isfinite(value):
+                    continue
+                name = key.replace("val_auc_", "val_auc/") if key.startswith("val_auc_") else key
+                tf.summary.scalar(name, value, step=row["epoch"])
+    writer.close()
+
+
+def _logged_epochs(folder: Path) -> int:
+    """The last epoch already in the TensorBoard event files (0 when none)."""
+    import tensorflow as tf
+
+    last = 0
+    for path in folder.glob("events.out.tfevents.*"):
+        try:
+            for record in tf.data.TFRecordDataset(os.fspath(path)):
+                last = max(last, int(tf.compat.v1.Event.FromString(record.numpy()).step))
+        except tf.errors.DataLossError:  # a file a kill cut short: what it holds up to there still counts
+            continue
+    return last
+
+
 def history_frame(state: dict[str, Any]) -> pd.DataFrame:
     """The state's history as a DataFrame in the column order of ``history.csv``."""
     frame = pd.DataFrame(state["history"], columns=HISTORY_COLUMNS)
@@ -210,3 +298,7 @@ def format_auc(value: float | None) -> str:
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _per_finding(values: np.ndarray) -> dict[str, float]:
+    return {finding: float(value) for finding, value in zip(FINDINGS, values, strict=True)}

@@ -12,13 +12,16 @@ weights and decisions, so the other workers need the data but never the run fold
 Randomness. ``keras.utils.set_random_seed(seed)`` fixes the initial weights, and each epoch's shuffle and
 augmentation come from ``(seed, epoch)``, so a resumed run sees the same images in the same order as an
 uninterrupted one.
+
+This module stays whole (about 430 lines) because it is one protocol between workers: which worker reads,
+writes, validates and broadcasts, and in which order around each epoch, is only checkable read together.
+Everything with a life of its own lives elsewhere (input, run folder, strategies, the step, serving).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +37,7 @@ from pipeline import model as model_lib
 from pipeline.errors import InputError, reason
 from pipeline.files import sha256_of
 from pipeline.findings import FINDINGS
-from pipeline.losses import class_weights, make_loss
+from pipeline.losses import make_loss
 from pipeline.progress import ProgressBar
 
 VALID_BATCH = 64
@@ -110,8 +113,8 @@ def train(
     if batch_size % replicas:
         raise InputError(f"`batch_size` {batch_size} does not divide among {replicas} replicas; use a multiple of it")
     out = Path(out_dir)
-    if me.is_chief:
-        runstate.check_run_folder(out, resume)
+    if me.is_chief and me.count == 1:
+        runstate.check_run_folder(out, resume)  # fail fast; with several workers, below, where they hear of it
 
     train_source = datasets.open_source(train_data, images_dir)
     valid_source = datasets.open_source(valid_data, images_dir)
@@ -143,17 +146,27 @@ def train(
         "mixed_precision": mixed_precision,
         "jit_compile": jit_compile,
     }
-    config = run_config(settings, train_source, valid_source)
+    config = runstate.run_config(settings, train_source, valid_source)
 
-    state = None
+    state, failure = None, None
     if me.is_chief:
-        if resume:
-            state = runstate.read_for_resume(out, config, log)
-        else:
-            runstate.start(out, config)
-    # Every worker learns where the chief stands: the epoch to continue after and whether that is the end.
-    start = [state["epoch"] if state else 0, 1.0 if state and _finished(state, epochs, patience) else 0.0]
+        try:
+            runstate.check_run_folder(out, resume)
+            if resume:
+                state = runstate.read_for_resume(out, config, log)
+            else:
+                runstate.start(out, config)
+        except InputError as exc:
+            failure = exc
+    # Every worker learns where the chief stands: the epoch to continue after, whether that is the end, and
+    # whether the chief refused to start (so that the others stop too instead of waiting for it).
+    start = [state["epoch"] if state else 0, 1.0 if state and _finished(state, epochs, patience) else 0.0, 0.0]
+    start[2] = 1.0 if failure else 0.0
     start = distribute.broadcast_numbers(strategy, start) if me.count > 1 else start
+    if failure is not None:
+        raise failure
+    if start[2]:
+        raise InputError("the chief (worker 0) refused to start; see its message, fix it and restart every worker")
     if start[1]:
         if me.is_chief:
             runstate.write_history(out, state)
@@ -193,7 +206,7 @@ def train(
         elif runstate.best_needs_rewrite(state):
             _save_best(model_lib.load(runstate.checkpoint_path(out, state["best_epoch"])), out)
         runstate.write_history(out, state)  # brings a history.csv left behind by a crash back in line
-        _write_tensorboard(out, state)
+        runstate.write_tensorboard(out, state)
         datasets.fill_cache(valid_source, image_size)
     datasets.fill_cache(train_source, image_size, me.index, me.count)
 
@@ -318,7 +331,7 @@ def _commit_epoch(out: Path, net: keras.Model, state: dict[str, Any], row: dict[
     if state["best_epoch"] == epoch:
         _save_best(net, out)
     runstate.write_history(out, state)
-    _write_tensorboard(out, state)
+    runstate.write_tensorboard(out, state)
     runstate.remove_old_checkpoints(out, epoch)
     return state
 
@@ -406,79 +419,6 @@ def _init_checkpoint(path: str | os.PathLike[str], image_size: int) -> keras.Mod
     return model
 
 
-def run_config(settings: dict[str, Any], train_source: datasets.Source, valid_source: datasets.Source) -> dict:
-    """Everything ``config.json`` records: the settings plus data hashes, sizes, class frequencies, versions."""
-    train_table, valid_table = train_source.table, valid_source.table
-    freq_pos, _ = data.compute_class_freqs(train_table)
-    valid_freq_pos, _ = data.compute_class_freqs(valid_table)
-    loss_weights = None
-    if settings["loss"] == "weighted":
-        pos_weights, neg_weights = class_weights(train_table)
-        loss_weights = {"pos": _per_finding(pos_weights), "neg": _per_finding(neg_weights)}
-    return {
-        **settings,
-        "optimizer": "adam",
-        "lr_schedule": {"reduce_on_plateau": {"factor": runstate.LR_FACTOR, "epochs": runstate.LR_PLATEAU_EPOCHS}},
-        "augmentation": {
-            "rotation_degrees": datasets.ROTATION_DEGREES,
-            "shift": datasets.SHIFT,
-            "zoom": datasets.ZOOM,
-            "contrast": datasets.CONTRAST,
-            "horizontal_flip": False,
-        },
-        "findings": list(FINDINGS),
-        "train_prepared": train_source.prepared,
-        "valid_prepared": valid_source.prepared,
-        "train_sha256": train_source.sha256,
-        "valid_sha256": valid_source.sha256,
-        "n_train": len(train_table),
-        "n_valid": len(valid_table),
-        "train_patients": int(train_table["PatientId"].nunique()),
-        "valid_patients": int(valid_table["PatientId"].nunique()),
-        "train_freq_pos": _per_finding(freq_pos),
-        "valid_freq_pos": _per_finding(valid_freq_pos),
-        "loss_weights": loss_weights,
-        "versions": {
-            "python": platform.python_version(),
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "numpy": np.__version__,
-            "pandas": pd.__version__,
-        },
-        "created": runstate.now(),
-    }
-
-
-def _write_tensorboard(out: Path, state: dict[str, Any]) -> None:
-    """Log the history's epochs that TensorBoard has not seen yet (one scalar series per history column)."""
-    folder = out / runstate.TENSORBOARD
-    logged = _logged_epochs(folder)
-    rows = [row for row in state["history"] if row["epoch"] > logged]
-    if not rows:
-        return
-    writer = tf.summary.create_file_writer(os.fspath(folder))
-    with writer.as_default():
-        for row in rows:
-            for key, value in row.items():
-                if key == "epoch" or value is None or not np.isfinite(value):
-                    continue
-                name = key.replace("val_auc_", "val_auc/") if key.startswith("val_auc_") else key
-                tf.summary.scalar(name, value, step=row["epoch"])
-    writer.close()
-
-
-def _logged_epochs(folder: Path) -> int:
-    """The last epoch already in the TensorBoard event files (0 when none)."""
-    last = 0
-    for path in folder.glob("events.out.tfevents.*"):
-        try:
-            for record in tf.data.TFRecordDataset(os.fspath(path)):
-                last = max(last, int(tf.compat.v1.Event.FromString(record.numpy()).step))
-        except tf.errors.DataLossError:  # a file a kill cut short: what it holds up to there still counts
-            continue
-    return last
-
-
 def _check_options(image_size: int, epochs: int, batch_size: int, lr: float, patience: int, seed: int) -> None:
     if image_size < model_lib.MIN_SIZE:
         raise InputError(f"`image_size` {image_size}: DenseNet121 needs at least {model_lib.MIN_SIZE} px")
@@ -496,7 +436,3 @@ def _check_options(image_size: int, epochs: int, batch_size: int, lr: float, pat
 
 def _finished(state: dict[str, Any], epochs: int, patience: int) -> bool:
     return runstate.finished(state, epochs, patience)
-
-
-def _per_finding(values: np.ndarray) -> dict[str, float]:
-    return {finding: float(value) for finding, value in zip(FINDINGS, values, strict=True)}

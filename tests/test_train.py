@@ -303,9 +303,9 @@ def test_loss_choice_and_its_record_in_the_config(split):
 
     settings = {"train": str(train_csv), "valid": str(valid_csv), "loss": "plain"}
     sources = datasets.open_source(train_csv, IMAGES), datasets.open_source(valid_csv, IMAGES)
-    plain = train.run_config(settings, *sources)
+    plain = runstate.run_config(settings, *sources)
     assert plain["loss"] == "plain" and plain["loss_weights"] is None
-    weighted_config = train.run_config({**settings, "loss": "weighted"}, *sources)
+    weighted_config = runstate.run_config({**settings, "loss": "weighted"}, *sources)
     np.testing.assert_allclose(list(weighted_config["loss_weights"]["neg"].values()), freq_pos)
 
 

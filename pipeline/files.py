@@ -40,6 +40,16 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[Any]], Any], 
     return path
 
 
+def output_folder(path: str | os.PathLike[str]) -> Path:
+    """Create the folder a command writes its results into; `InputError` when that is not possible."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{folder}: cannot create the output folder ({exc.strerror})") from None
+    return folder
+
+
 def write_bytes_atomic(content: bytes, path: str | os.PathLike[str]) -> Path:
     """Write ``content`` to ``path`` atomically (images)."""
     return write_atomic(path, lambda file: file.write(content), binary=True)

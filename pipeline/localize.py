@@ -35,7 +35,7 @@ import pandas as pd
 from pipeline import boxes as boxes_lib
 from pipeline import imaging, metrics
 from pipeline.errors import InputError
-from pipeline.files import sha256_of, write_bytes_atomic, write_csv_atomic, write_json_atomic
+from pipeline.files import output_folder, sha256_of, write_bytes_atomic, write_csv_atomic, write_json_atomic
 from pipeline.findings import FINDINGS
 
 TOLERANCE_PX = 15.0  # pointing-game margin, in pixels of the 1024 px original (Zhang et al. 2016)
@@ -399,11 +399,7 @@ def gallery_name(image: str, finding: str) -> str:
 
 def write_localization(result: Localization, out_dir: str | os.PathLike[str]) -> Path:
     """Write the per-box CSV, the gallery, then localization.json (last, so its presence means complete)."""
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"{out}: cannot create the output folder ({exc.strerror})") from None
+    out = output_folder(out_dir)
     (out / RESULT).unlink(missing_ok=True)
     write_csv_atomic(result.per_box, out / PER_BOX)
     for name, rgb in result.gallery.items():

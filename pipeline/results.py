@@ -31,7 +31,7 @@ import pandas as pd
 
 from pipeline import data
 from pipeline.errors import InputError, first_items, reason
-from pipeline.files import write_csv_atomic, write_json_atomic
+from pipeline.files import output_folder, write_csv_atomic, write_json_atomic
 from pipeline.findings import FINDINGS
 
 PREDICTIONS_CSV = "predictions.csv"
@@ -258,11 +258,7 @@ class SavedEvaluation:
 
 def write_evaluation(evaluation: Evaluation, out_dir: str | Path) -> Path:
     """Write an evaluation folder (see the module docstring); returns its metrics.json."""
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"{out}: cannot create the output folder ({exc.strerror})") from None
+    out = output_folder(out_dir)
     # A stale metrics.json would vouch for the half-replaced files below until the new one is written.
     (out / METRICS_JSON).unlink(missing_ok=True)
     write_csv_atomic(evaluation.predictions, out / PREDICTIONS_CSV)

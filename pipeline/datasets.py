@@ -35,7 +35,7 @@ import pandas as pd
 import tensorflow as tf
 
 from pipeline import data, imaging, prepare
-from pipeline.errors import InputError
+from pipeline.errors import InputError, reason
 from pipeline.findings import FINDINGS
 from pipeline.progress import ProgressBar
 
@@ -74,6 +74,7 @@ class Source:
     images_dir: Path | None = None
     prepared_size: int | None = None
     shards: tuple[tuple[str, int], ...] = ()  # (file, images) of a prepared folder
+    n_refused: int = 0  # listed images `prepare` could not read (a prepared folder)
 
     @property
     def prepared(self) -> bool:
@@ -162,7 +163,8 @@ def training_batches(
     every draw of randomness comes from ``seed``.
     """
     check_size(source, image_size)
-    shuffle_seed, augment_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2) % 2**31)
+    # Shuffle and augmentation draws differ by worker (each has other images), and reproduce per worker.
+    shuffle_seed, augment_seed = (int(s) for s in np.random.SeedSequence([seed, worker]).generate_state(2) % 2**31)
     if source.prepared:
         files = [os.fspath(source.path / file) for file, _ in source.shards[worker::workers]]
         order = np.random.default_rng(shuffle_seed).permutation(len(files))
@@ -192,6 +194,16 @@ def training_batches(
         return x, y
 
     return batches.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+
+
+def sample(source: Source, limit: int, image_size: int) -> list[Any]:
+    """At most ``limit`` images of ``source``, evenly spaced: file paths, or for a prepared folder the H x W
+    uint8 images at ``image_size`` (a prepared folder keeps no path to the originals)."""
+    every = max(1, -(-len(source) // limit))
+    if not source.prepared:
+        return [source.images_dir / name for name in source.table["Image"].iloc[::every]]
+    dataset = source.images(image_size).shard(every, 0)
+    return [image[..., 0] for image, _ in dataset.as_numpy_iterator()]
 
 
 def evaluation_batches(source: Source, image_size: int, batch_size: int) -> tf.data.Dataset:
@@ -299,21 +311,19 @@ def _open_prepared(folder: Path) -> Source:
         raise InputError(f"{folder / prepare.MANIFEST}: not a manifest written by `prepare`; {damaged}")
     if manifest.get("findings") != list(FINDINGS):
         raise InputError(f"{folder}: prepared for other findings than the 14 NIH ones; prepare it again")
-    shards = tuple((entry["file"], int(entry["images"])) for entry in manifest["shards"])
+    try:
+        shards = tuple((entry["file"], int(entry["images"])) for entry in manifest["shards"])
+        size, n_images, refused = int(manifest["image_size"]), int(manifest["n_images"]), int(manifest["n_refused"])
+        labels_sha256 = str(manifest["prepared_labels_sha256"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{folder / prepare.MANIFEST}: incomplete ({reason(exc)}); {damaged}") from None
     missing = [file for file, _ in shards if not (folder / file).is_file()]
     if missing:
         raise InputError(f"{folder}: shard {missing[0]} is missing ({len(missing)} of {len(shards)}); {damaged}")
     table = data.load_labels(folder / prepare.LABELS)
-    if len(table) != manifest["n_images"] or len(table) != sum(images for _, images in shards):
+    if len(table) != n_images or len(table) != sum(images for _, images in shards):
         raise InputError(f"{folder}: {prepare.LABELS} and the manifest disagree on the image count; {damaged}")
-    return Source(
-        table,
-        folder.name,
-        manifest["prepared_labels_sha256"],
-        folder,
-        prepared_size=int(manifest["image_size"]),
-        shards=shards,
-    )
+    return Source(table, folder.name, labels_sha256, folder, prepared_size=size, shards=shards, n_refused=refused)
 
 
 def _parser(stored_size: int, image_size: int) -> Any:

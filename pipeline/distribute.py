@@ -138,6 +138,18 @@ def broadcast_numbers(strategy: tf.distribute.Strategy, values: Sequence[float])
     return [float(x) for x in result.numpy()]
 
 
+def any_worker(strategy: tf.distribute.Strategy, flag: bool) -> bool:
+    """Whether ``flag`` is true on any worker (e.g. "I failed"): collective, every worker must call it."""
+
+    def send() -> tf.Tensor:
+        return tf.constant(float(flag), tf.float64)  # each replica of a worker says the same
+
+    if strategy.num_replicas_in_sync == 1:
+        return flag
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(tf.function(send)), axis=None)
+    return bool(total.numpy() > 0)
+
+
 def set_mixed_precision(enabled: bool) -> None:
     """Set Keras's global dtype policy to ``mixed_float16`` (or back to ``float32``) for models built next.
 

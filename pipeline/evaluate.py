@@ -129,6 +129,9 @@ def evaluate_files(
         net = model.load(checkpoint)
         if prepared is not None:
             predictions = predict.predict_prepared(net, prepared)
+            refused = prepared.n_refused
+            if refused:
+                notes.append(f"{refused} listed images were refused by `prepare` and are not here (see its manifest)")
         else:
             name = Path(labels_file).name
             labels, predictions, skipped = _predict_readable(net, labels, Path(images), name, warn)
@@ -359,18 +362,6 @@ def _calibration_frame(calibration: Mapping[str, Reliability]) -> pd.DataFrame:
     ]
     return pd.concat(parts, ignore_index=True).astype({"count": int})
 
-
-
-def _guard_note(checkpoint: Path, paths: list[Path]) -> list[str]:
-    """A note counting the images the run's out-of-distribution guard flags (they stay in the metrics)."""
-    from pipeline import serving
-
-    flagged = serving.flag_paths(checkpoint, paths)
-    if not flagged:
-        return []
-    path, why = next(iter(flagged.items()))
-    return [f"{len(flagged)} of {len(paths)} images flagged out of distribution by the run's guard (kept in the "
-            f"metrics), e.g. {Path(path).name}: {why}"]
 
 
 def _predict_readable(

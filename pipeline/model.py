@@ -139,6 +139,8 @@ def save(model: keras.Model, path: str | os.PathLike[str]) -> None:
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
     try:
         model.save(tmp)
+        with open(tmp, "rb") as written:  # on disk before the rename, as files.write_atomic does
+            os.fsync(written.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.files import write_json_atomic
+from pipeline.files import sha256_of, write_json_atomic
 
 STATS_FILE = "typicality.npz"
 INFO_FILE = "typicality.json"
@@ -206,12 +206,16 @@ def save(stats: Typicality, run_dir: str | os.PathLike[str], info: dict) -> Path
 
 
 def load(run_dir: str | os.PathLike[str]) -> Typicality | None:
-    """The run's statistics, or None when the run has none (then only the pixel checks apply)."""
+    """The run's statistics, or None when it has none or they were fitted to other weights than its checkpoint's
+    (then only the pixel checks apply: features of another model would be judged against the wrong cloud)."""
     run_dir = Path(run_dir)
     if not ((run_dir / STATS_FILE).is_file() and (run_dir / INFO_FILE).is_file()):
         return None
     try:
         info = json.loads((run_dir / INFO_FILE).read_text())
+        checkpoint = run_dir / str(info.get("checkpoint", "best.keras"))
+        if "checkpoint_sha256" in info and checkpoint.is_file() and sha256_of(checkpoint) != info["checkpoint_sha256"]:
+            return None
         with np.load(run_dir / STATS_FILE) as arrays:
             return Typicality(arrays["mean"], arrays["components"], arrays["variances"],
                               float(arrays["residual_variance"]), float(info["threshold"]),

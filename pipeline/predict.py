@@ -119,9 +119,15 @@ def predict_prepared(net: keras.Model, source: Any) -> pd.DataFrame:
     """
     from pipeline import datasets, model
 
+    size = model.input_size(net)
+    if size > source.prepared_size:
+        raise InputError(
+            f"{source.name} was prepared at {source.prepared_size} px, but the checkpoint takes {size} px images; "
+            f"prepare the images again at {size} px"
+        )
     names = model.finding_names(net)
     infer = model.inference_function(net)
-    batches = datasets.evaluation_batches(source, model.input_size(net), BATCH_SIZE * 4)
+    batches = datasets.evaluation_batches(source, size, BATCH_SIZE * 4)
     rows = [infer(x)[1].numpy() for x, _ in batches]
     probabilities = np.concatenate(rows) if rows else _empty(net)
     table = pd.DataFrame(probabilities.astype(np.float64), columns=names)[list(FINDINGS)]

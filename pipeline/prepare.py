@@ -22,10 +22,12 @@ folder is never continued with other labels or another image size.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
 import platform
+import sys
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -112,7 +114,7 @@ def prepare(
     """
     if image_size < MIN_IMAGE_SIZE:
         raise InputError(f"`image_size` {image_size}: prepare at least {MIN_IMAGE_SIZE} px (DenseNet121's minimum)")
-    workers = workers or os.cpu_count() or 1
+    workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
         raise InputError(f"`workers` {workers}: use at least 1 decoding process")
     folder = Path(images_dir)
@@ -268,7 +270,7 @@ def _write_shards(
     # (killed, out of memory) breaks the pool with an error instead of a hang.
     context = multiprocessing.get_context("spawn")
     done = 0
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
+    with _workers_skip_main(), ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
         results = _decoded(pool, folder, image_size, jobs, workers)
         for index, shard in jobs:
             name = shard_name(index, n_shards)
@@ -320,6 +322,25 @@ def _decoded(
         ) from None
 
 
+@contextlib.contextmanager
+def _workers_skip_main() -> Iterator[None]:
+    """Start worker processes without re-running the caller's ``__main__`` (they need only this module).
+
+    A spawned process normally re-imports the parent's main module; that fails or misbehaves when the main
+    is a script read from stdin, a notebook, or a Streamlit page running in the same process (as in tests).
+    """
+    main = sys.modules.get("__main__")
+    saved = {key: main.__dict__[key] for key in ("__spec__", "__file__") if main is not None and key in main.__dict__}
+    try:
+        if main is not None:
+            main.__spec__ = None
+            main.__dict__.pop("__file__", None)
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.update(saved)
+
+
 def _worker_init() -> None:
     import cv2
 
@@ -339,6 +360,8 @@ def _encode(task: tuple[str, str, int]) -> tuple[str, bytes | None, str]:
         pixels = imaging.resize(imaging.load_image(path), size)
     except InputError as exc:
         return image, None, str(exc).removeprefix(f"{path}: ")
+    except Exception as exc:  # noqa: BLE001 - one bad file must never end the preparation
+        return image, None, f"could not be decoded ({type(exc).__name__}: {exc})".replace("\n", " ")
     ok, png = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         return image, None, "could not be PNG-encoded after decoding"

@@ -280,9 +280,8 @@ def remove_old_checkpoints(out: Path, last_epoch: int) -> None:
 
 def remove_leftovers(out: Path, last_epoch: int) -> None:
     """Temporary files of writes a crash interrupted, and checkpoints of an epoch that never completed."""
-    for name in (CONFIG, STATE, HISTORY, BEST):
-        for path in out.glob(f".{name}.*.tmp"):
-            path.unlink(missing_ok=True)
+    for path in out.glob(".*.tmp*"):  # files.write_atomic's .NAME.*.tmp, model.save's .NAME.PID.tmp.keras, ...
+        path.unlink(missing_ok=True)
     for path in (out / CHECKPOINTS).glob(".epoch-*.keras"):
         path.unlink(missing_ok=True)
     remove_old_checkpoints(out, last_epoch)

@@ -103,7 +103,7 @@ def train(
     Returns
     -------
     pandas.DataFrame
-        The history, one row per epoch, as written to ``history.csv`` (on every worker).
+        The history, one row per epoch, as written to ``history.csv`` (empty on workers other than the chief).
     """
     _check_options(image_size, epochs, batch_size, lr, patience, seed)
     if isinstance(strategy, str):
@@ -112,6 +112,8 @@ def train(
     replicas = strategy.num_replicas_in_sync
     if batch_size % replicas:
         raise InputError(f"`batch_size` {batch_size} does not divide among {replicas} replicas; use a multiple of it")
+    if replicas % me.count:
+        raise InputError(f"{replicas} replicas on {me.count} workers: give every machine the same number of GPUs")
     out = Path(out_dir)
     if me.is_chief and me.count == 1:
         runstate.check_run_folder(out, resume)  # fail fast; with several workers, below, where they hear of it
@@ -127,8 +129,6 @@ def train(
             "undefined; use a larger validation set"
         )
     steps_per_epoch = datasets.steps_per_epoch(train_source, batch_size, me.count)
-    if init_from is not None:
-        init_model = _init_checkpoint(init_from, image_size)
     settings = {
         "train": os.fspath(train_data),
         "valid": os.fspath(valid_data),
@@ -138,7 +138,7 @@ def train(
         "batch_size": batch_size,
         "lr": lr,
         "weights": "none" if init_from is not None else os.fspath(weights),
-        "init_from": None if init_from is None else {"path": os.fspath(init_from), "sha256": sha256_of(init_from)},
+        "init_from": None if init_from is None else {"path": os.fspath(init_from)},
         "loss": loss,
         "patience": patience,
         "seed": seed,
@@ -146,125 +146,201 @@ def train(
         "mixed_precision": mixed_precision,
         "jit_compile": jit_compile,
     }
-    config = runstate.run_config(settings, train_source, valid_source)
 
-    state, failure = None, None
-    if me.is_chief:
-        try:
-            runstate.check_run_folder(out, resume)
-            if resume:
-                state = runstate.read_for_resume(out, config, log)
-            else:
-                runstate.start(out, config)
-        except InputError as exc:
-            failure = exc
-    # Every worker learns where the chief stands: the epoch to continue after, whether that is the end, and
-    # whether the chief refused to start (so that the others stop too instead of waiting for it).
-    start = [state["epoch"] if state else 0, 1.0 if state and _finished(state, epochs, patience) else 0.0, 0.0]
-    start[2] = 1.0 if failure else 0.0
-    start = distribute.broadcast_numbers(strategy, start) if me.count > 1 else start
-    if failure is not None:
-        raise failure
-    if start[2]:
-        raise InputError("the chief (worker 0) refused to start; see its message, fix it and restart every worker")
-    if start[1]:
+    # The chief alone reads the run folder and loads weights; every worker decodes its share of an image
+    # folder. Whatever fails, every worker hears of it (one all-reduce) and stops, instead of waiting forever
+    # in the next collective for a worker that has gone.
+    state, start_weights, failure = None, None, None
+    try:
         if me.is_chief:
-            runstate.write_history(out, state)
-            done = f"all {epochs} epochs" if state["epoch"] >= epochs else f"early stop after {state['epoch']} epochs"
-            log(f"{out}: already complete ({done}), nothing to resume")
-            return runstate.history_frame(state)
-        return pd.DataFrame(columns=runstate.HISTORY_COLUMNS)
+            state, start_weights = _chief_setup(out, settings, train_source, valid_source, resume, log)
+            if state is not None and _finished(state, epochs, patience):
+                _repair_finished(out, state, export, train_source, valid_source, image_size, log)
+            else:
+                datasets.fill_cache(valid_source, image_size)
+        datasets.fill_cache(train_source, image_size, me.index, me.count)
+    except InputError as exc:
+        failure = exc
+    _stop_together(strategy, me, failure)
+    # Every worker learns where the chief stands: the epoch to continue after, whether that is the end, the
+    # learning rate to continue with.
+    start = [state["epoch"], float(_finished(state, epochs, patience)), state["lr"]] if state else [0, 0.0, lr]
+    start = distribute.broadcast_numbers(strategy, start) if me.count > 1 else start
+    if start[1]:
+        return runstate.history_frame(state) if me.is_chief else pd.DataFrame(columns=runstate.HISTORY_COLUMNS)
 
     keras.utils.set_random_seed(seed)
     distribute.set_mixed_precision(mixed_precision)
-    loss_fn = make_loss(loss, train_source.table)
-    with strategy.scope():
-        net = model_lib.build(image_size, weights if me.is_chief and state is None and init_from is None else "none")
-        optimizer = keras.optimizers.Adam(learning_rate=lr)
-        if mixed_precision:
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        optimizer.build(net.trainable_variables)
-        net.compile(optimizer=optimizer, loss=loss_fn)  # so that checkpoints carry the optimizer state
-    if me.is_chief and state is not None:
-        _load_checkpoint(out, state, net, optimizer)
-        log(
-            f"resuming {out} after epoch {state['epoch']} (optimizer step {state['optimizer_iterations']}, "
-            f"lr {state['lr']:.1e}, best val_mean_auc {runstate.format_auc(state['best_auc'])})"
-        )
-    elif me.is_chief and init_from is not None:
-        net.set_weights(init_model.get_weights())
-        log(f"fine-tuning from {init_from}")
-    if me.count > 1:
-        distribute.broadcast_from_chief(strategy, [*net.weights, *optimizer.variables])
-    if me.is_chief:
-        if state is None:
+    try:
+        net, optimizer, loss_fn = _build(strategy, image_size, lr, loss, mixed_precision, train_source, start_weights)
+        if me.count > 1:
+            distribute.broadcast_from_chief(strategy, [*net.weights, *optimizer.variables])
+        if me.is_chief and state is None:
             state = runstate.initial_state(lr, seed)
             log(
                 f"new run in {out}: {len(train_source):,} training and {len(valid_source):,} validation images, "
                 f"{replicas} replica{'s' if replicas > 1 else ''} on {me.count} worker{'s' if me.count > 1 else ''}"
             )
-        elif runstate.best_needs_rewrite(state):
+        step = steps.make_train_step(strategy, net, loss_fn, optimizer, batch_size, jit_compile=jit_compile)
+        predict = _predictor(net)
+        epoch, lr_now = int(start[0]), start[2]
+        while True:
+            epoch += 1
+            optimizer.learning_rate.assign(lr_now)
+            started = time.monotonic()
+            bar = ProgressBar(f"epoch {epoch}/{epochs}", steps_per_epoch, unit="steps") if me.is_chief else None
+            on_step = None
+            if bar is not None and bar.enabled:
+                on_step = lambda i, loss, bar=bar: bar.update(i + 1, f"loss {loss:.3f}")  # noqa: E731
+            seed_of_epoch = runstate.epoch_seed(seed, epoch)
+            train_loss = steps.train_epoch(
+                strategy,
+                step,
+                _input_function(train_source, image_size, batch_size, steps_per_epoch, seed_of_epoch),
+                steps_per_epoch,
+                on_step=on_step,
+            )
+            if bar is not None:
+                bar.close()
+            if replicas > 1:  # BatchNormalization's moving statistics are per replica in a custom loop
+                distribute.average_over_replicas(strategy, net.non_trainable_weights)
+
+            failure = None
+            if me.is_chief:
+                try:
+                    state = _end_epoch(out, net, state, predict, valid_source, image_size, loss_fn, epoch, lr_now,
+                                       train_loss, started)
+                    _log_epoch(log, epochs, state["history"][-1], state, lr_now)
+                except InputError as exc:
+                    failure = exc
+            _stop_together(strategy, me, failure)
+            decision = [state["lr"], float(_finished(state, epochs, patience))] if me.is_chief else [0.0, 0.0]
+            decision = distribute.broadcast_numbers(strategy, decision) if me.count > 1 else decision
+            lr_now = decision[0]
+            if decision[1]:
+                break
+
+        failure = None
+        if me.is_chief:
+            if state["epoch"] < epochs:
+                log(f"early stop: no val_mean_auc gain in {state['epochs_without_gain']} epochs (patience {patience})")
+            log(
+                f"done: {state['epoch']} epochs, best val_mean_auc {runstate.format_auc(state['best_auc'])} "
+                f"at epoch {state['best_epoch']} -> {out / runstate.BEST}"
+            )
+            try:
+                if export:
+                    _export(out, train_source, valid_source, image_size, log)
+            except InputError as exc:
+                failure = exc
+        _stop_together(strategy, me, failure)  # the others wait for the export instead of leaving first
+    finally:
+        distribute.set_mixed_precision(False)  # the global policy must not leak into what runs next
+    return runstate.history_frame(state) if me.is_chief else pd.DataFrame(columns=runstate.HISTORY_COLUMNS)
+
+
+# --- setup -----------------------------------------------------------------------------------------------------
+
+
+def _chief_setup(
+    out: Path,
+    settings: dict[str, Any],
+    train_source: datasets.Source,
+    valid_source: datasets.Source,
+    resume: bool,
+    log: Callable[[str], Any],
+) -> tuple[dict[str, Any] | None, tuple[list, list | None] | None]:
+    """Start or resume the run folder; the state and the weights (and optimizer state) training starts from.
+
+    Weights: the last complete epoch's checkpoint for a resumed run, the ``init_from`` checkpoint for
+    fine-tuning, the ImageNet (or given) backbone for a new run; None means a random start.
+    """
+    image_size, init_from = settings["image_size"], settings["init_from"]
+    if init_from is not None:
+        init_model = _init_checkpoint(init_from["path"], image_size)
+        init_from["sha256"] = sha256_of(init_from["path"])
+    config = runstate.run_config(settings, train_source, valid_source)
+    runstate.check_run_folder(out, resume)
+    state = runstate.read_for_resume(out, config, log) if resume else None
+    if not resume:
+        runstate.start(out, config)
+    if state is not None and not _finished(state, settings["epochs"], settings["patience"]):
+        saved = _load_checkpoint(out, state)
+        log(
+            f"resuming {out} after epoch {state['epoch']} (optimizer step {state['optimizer_iterations']}, "
+            f"lr {state['lr']:.1e}, best val_mean_auc {runstate.format_auc(state['best_auc'])})"
+        )
+        if runstate.best_needs_rewrite(state):
             _save_best(model_lib.load(runstate.checkpoint_path(out, state["best_epoch"])), out)
         runstate.write_history(out, state)  # brings a history.csv left behind by a crash back in line
         runstate.write_tensorboard(out, state)
-        datasets.fill_cache(valid_source, image_size)
-    datasets.fill_cache(train_source, image_size, me.index, me.count)
+        return state, (saved.get_weights(), [v.numpy() for v in saved.optimizer.variables])
+    if state is not None:
+        return state, None
+    if init_from is not None:
+        log(f"fine-tuning from {init_from['path']}")
+        return None, (init_model.get_weights(), None)
+    if settings["weights"] != "none":  # ImageNet (downloaded once) or a weights file, into the backbone
+        return None, (model_lib.build(image_size, settings["weights"]).get_weights(), None)
+    return None, None
 
-    step = steps.make_train_step(strategy, net, loss_fn, optimizer, batch_size, jit_compile=jit_compile)
-    predict = _predictor(net)
-    epoch, lr_now = int(start[0]), state["lr"] if state else lr
-    while True:
-        epoch += 1
-        optimizer.learning_rate.assign(lr_now)
-        started = time.monotonic()
-        bar = ProgressBar(f"epoch {epoch}/{epochs}", steps_per_epoch, unit="steps") if me.is_chief else None
-        on_step = None
-        if bar is not None and bar.enabled:
-            on_step = lambda i, loss, bar=bar: bar.update(i + 1, f"loss {loss:.3f}")  # noqa: E731
-        train_loss = steps.train_epoch(
-            strategy,
-            step,
-            _input_function(train_source, image_size, batch_size, steps_per_epoch, runstate.epoch_seed(seed, epoch)),
-            steps_per_epoch,
-            on_step=on_step,
-        )
-        if bar is not None:
-            bar.close()
-        if replicas > 1:  # BatchNormalization's moving statistics are per replica in a custom loop
-            distribute.average_over_replicas(strategy, net.non_trainable_weights)
 
-        decision = [0.0, 0.0]
-        if me.is_chief:
-            val_loss, mean_auc, finding_aucs = _validate(predict, valid_source, image_size, loss_fn, epoch)
-            row = {
-                "epoch": epoch,
-                "loss": train_loss,
-                "val_loss": val_loss,
-                "val_mean_auc": mean_auc,
-                "lr": lr_now,
-                "seconds": round(time.monotonic() - started, 2),
-                **{f"val_auc_{finding}": auc for finding, auc in zip(FINDINGS, finding_aucs, strict=True)},
-            }
-            state = _commit_epoch(out, net, state, row)
-            _log_epoch(log, epochs, row, state, lr_now)
-            decision = [state["lr"], 1.0 if _finished(state, epochs, patience) else 0.0]
-        if me.count > 1:
-            decision = distribute.broadcast_numbers(strategy, decision)
-        lr_now = decision[0]
-        if decision[1]:
-            break
+def _repair_finished(
+    out: Path,
+    state: dict[str, Any],
+    export: bool,
+    train_source: datasets.Source,
+    valid_source: datasets.Source,
+    image_size: int,
+    log: Callable[[str], Any],
+) -> None:
+    """A complete run resumed: redo what a kill after its last checkpoint may have left undone."""
+    if runstate.best_needs_rewrite(state):
+        _save_best(model_lib.load(runstate.checkpoint_path(out, state["best_epoch"])), out)
+    runstate.write_history(out, state)
+    runstate.write_tensorboard(out, state)
+    done = f"all {state['epoch']} epochs" if state["epochs_without_gain"] == 0 else f"{state['epoch']} epochs"
+    from pipeline import serving
 
-    if not me.is_chief:
-        return pd.DataFrame(columns=runstate.HISTORY_COLUMNS)
-    if state["epoch"] < epochs:
-        log(f"early stop: no val_mean_auc gain in {state['epochs_without_gain']} epochs (patience {patience})")
-    log(
-        f"done: {state['epoch']} epochs, best val_mean_auc {runstate.format_auc(state['best_auc'])} "
-        f"at epoch {state['best_epoch']} -> {out / runstate.BEST}"
-    )
-    if export:
-        _export(out, train_source, valid_source, log)
-    return runstate.history_frame(state)
+    if export and serving.exported(out / runstate.BEST) is None:
+        log(f"{out}: training already complete ({done}); the serving export is missing or stale, making it")
+        _export(out, train_source, valid_source, image_size, log)
+    else:
+        log(f"{out}: already complete ({done}), nothing to resume")
+
+
+def _build(
+    strategy: tf.distribute.Strategy,
+    image_size: int,
+    lr: float,
+    loss: str,
+    mixed_precision: bool,
+    train_source: datasets.Source,
+    start_weights: tuple[list, list | None] | None,
+) -> tuple[keras.Model, Any, keras.losses.Loss]:
+    """The model, its optimizer and the loss under ``strategy``, holding ``start_weights`` (chief) if any."""
+    loss_fn = make_loss(loss, train_source.table)
+    with strategy.scope():
+        net = model_lib.build(image_size, "none")
+        optimizer = keras.optimizers.Adam(learning_rate=lr)
+        if mixed_precision:
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(net.trainable_variables)
+        net.compile(optimizer=optimizer, loss=loss_fn)  # so that checkpoints carry the optimizer state
+    if start_weights is not None:
+        weights, optimizer_values = start_weights
+        net.set_weights(weights)
+        for variable, value in zip(optimizer.variables, optimizer_values or [], strict=bool(optimizer_values)):
+            variable.assign(value)
+    return net, optimizer, loss_fn
+
+
+def _stop_together(strategy: tf.distribute.Strategy, me: distribute.WorkerRole, failure: InputError | None) -> None:
+    """Raise ``failure`` here, and on every other worker a note that one of them failed (one all-reduce)."""
+    if me.count > 1 and distribute.any_worker(strategy, failure is not None) and failure is None:
+        raise InputError("another worker stopped with an error (see its message); fix it and restart every worker")
+    if failure is not None:
+        raise failure
 
 
 # --- one epoch -------------------------------------------------------------------------------------------------
@@ -316,6 +392,35 @@ def _validate(
     return (val_loss, *validation_auc(y_valid, probabilities))
 
 
+def _end_epoch(
+    out: Path,
+    net: keras.Model,
+    state: dict[str, Any],
+    predict: Callable[[tf.Tensor], tf.Tensor],
+    valid_source: datasets.Source,
+    image_size: int,
+    loss_fn: keras.losses.Loss,
+    epoch: int,
+    lr: float,
+    train_loss: float,
+    started: float,
+) -> dict[str, Any]:
+    """Validate the epoch's model and commit the epoch to the run folder (chief only); the new state."""
+    if not np.isfinite(train_loss):
+        raise InputError(f"training diverged at epoch {epoch} (training loss {train_loss}); use a lower `lr`")
+    val_loss, mean_auc, finding_aucs = _validate(predict, valid_source, image_size, loss_fn, epoch)
+    row = {
+        "epoch": epoch,
+        "loss": train_loss,
+        "val_loss": val_loss,
+        "val_mean_auc": mean_auc,
+        "lr": lr,
+        "seconds": round(time.monotonic() - started, 2),
+        **{f"val_auc_{finding}": auc for finding, auc in zip(FINDINGS, finding_aucs, strict=True)},
+    }
+    return _commit_epoch(out, net, state, row)
+
+
 def _commit_epoch(out: Path, net: keras.Model, state: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
     """Save an epoch in the one order that a kill at any moment leaves resumable; return the new state.
 
@@ -336,24 +441,17 @@ def _commit_epoch(out: Path, net: keras.Model, state: dict[str, Any], row: dict[
     return state
 
 
-def _export(out: Path, train_source: datasets.Source, valid_source: datasets.Source, log: Callable) -> None:
+def _export(
+    out: Path, train_source: datasets.Source, valid_source: datasets.Source, image_size: int, log: Callable
+) -> None:
     """The inference export of ``best.keras`` and the typicality statistics, from (a sample of) the run's images."""
     from pipeline import serving
 
     log("exporting best.keras for serving and fitting the out-of-distribution guard ...")
-    images = [_sample(source, serving.MAX_STATS_IMAGES) for source in (train_source, valid_source)]
+    images = [datasets.sample(source, serving.MAX_STATS_IMAGES, image_size) for source in (train_source, valid_source)]
     summary = serving.add_serving_artifacts(out, model_lib.load(out / runstate.BEST), *images)
     log(f"served by {Path(summary['export']).name}; typicality threshold {summary['threshold']:.3g} from "
         f"{summary['train_images']:,} training and {summary['valid_images']:,} validation images")
-
-
-def _sample(source: datasets.Source, limit: int) -> list[Any]:
-    """At most ``limit`` images of ``source``, evenly spaced: file paths, or for a prepared folder the images."""
-    if not source.prepared:
-        return [source.images_dir / name for name in source.table["Image"]]
-    every = max(1, -(-len(source) // limit))
-    dataset = source.images(source.prepared_size).shard(every, 0)
-    return [image[..., 0] for image, _ in dataset.as_numpy_iterator()]
 
 
 def _save_best(net: keras.Model, out: Path) -> None:
@@ -381,8 +479,8 @@ def validation_auc(y_true: np.ndarray, probabilities: np.ndarray) -> tuple[float
 # --- checkpoints, config, TensorBoard --------------------------------------------------------------------------
 
 
-def _load_checkpoint(out: Path, state: dict[str, Any], net: keras.Model, optimizer: Any) -> None:
-    """Copy the last complete epoch's weights and optimizer state into ``net`` and ``optimizer``."""
+def _load_checkpoint(out: Path, state: dict[str, Any]) -> keras.Model:
+    """The last complete epoch's checkpoint, compiled with its optimizer state (checked against the state)."""
     path = out / state["checkpoint"]
     if not path.is_file():
         raise InputError(f"{path}: the checkpoint of epoch {state['epoch']} is missing; start a new run")
@@ -397,9 +495,7 @@ def _load_checkpoint(out: Path, state: dict[str, Any], net: keras.Model, optimiz
             f"{path}: optimizer step {iterations}, but {runstate.STATE} says {state['optimizer_iterations']}; "
             "the run folder is inconsistent, start a new run"
         )
-    net.set_weights(saved.get_weights())
-    for target, value in zip(optimizer.variables, saved.optimizer.variables, strict=True):
-        target.assign(value)
+    return saved
 
 
 def _init_checkpoint(path: str | os.PathLike[str], image_size: int) -> keras.Model:

@@ -174,3 +174,17 @@ def test_killed_prepare_continues_to_the_same_shards(prepared, folder_with_a_cor
     assert ours["refused"] == reference["refused"]
     assert (out / prepare.LABELS).read_bytes() == (prepared / prepare.LABELS).read_bytes()
     assert not list(out.glob(".*"))
+
+
+def test_workers_never_rerun_the_callers_main_script(tmp_path, monkeypatch):
+    """Spawned decoders re-import the parent's main module by default; under a notebook, a script on stdin or
+    a Streamlit page (AppTest runs one in the test process) that breaks them. They must not need it."""
+    marker = tmp_path / "ran"
+    script = tmp_path / "page.py"
+    script.write_text(f"open({str(marker)!r}, 'w').close()\nraise SystemExit('a page that must not run again')\n")
+    main = sys.modules["__main__"]
+    monkeypatch.setattr(main, "__file__", str(script), raising=False)
+    monkeypatch.setattr(main, "__spec__", None, raising=False)
+    manifest = prepare.prepare(NIH / "valid-small.csv", IMAGES, tmp_path / "out", 32, workers=2, log=lambda s: None)
+    assert manifest["n_images"] == 55 and not marker.exists()
+    assert main.__file__ == str(script)  # put back as it was

@@ -177,7 +177,9 @@ if run.checkpoint is None:
     st.code(shared.train_command(run.path), language="bash")
     st.stop()
 
-checkpoint_time = mtime(run.checkpoint)
+# The cached predictor and answers are keyed on the checkpoint's and its export's times, so a new export
+# (`python -m pipeline export`) is picked up without restarting the app.
+checkpoint_time = mtime(run.checkpoint) + mtime(serving.export_paths(run.checkpoint)[1])
 stats_time = mtime(run.checkpoint.parent / ood.STATS_FILE)
 try:  # opened now, before any upload, so that the first answer does not wait for it
     predictor = load_predictor(str(run.checkpoint), checkpoint_time)
@@ -206,9 +208,11 @@ uploads = left.file_uploader("Upload chest X-rays (PNG, JPEG or DICOM; several a
 try:
     available = shared.image_index()
     sample = choose_image(right, available)
-except InputError as exc:
-    shared.show_error(exc)
-    st.stop()
+except InputError as exc:  # a picker problem matters only when nothing was uploaded
+    if not uploads:
+        shared.show_error(exc)
+        st.stop()
+    sample = None
 sources = [(upload.name, upload) for upload in uploads or []] or [(sample, available[sample])]
 
 results: list[tuple[str, serving.Answer | None, str | None]] = []

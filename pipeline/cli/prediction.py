@@ -25,9 +25,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
     p = commands.add_parser("export", help="add the ONNX export and typicality statistics to a run")
     p.add_argument("--run", required=True, type=Path, help="run folder with best.keras")
-    p.add_argument("--train", required=True, type=Path, help="the run's training labels (image names)")
-    p.add_argument("--valid", required=True, type=Path, help="the run's validation labels (image names)")
-    p.add_argument("--images", required=True, type=Path)
+    p.add_argument("--train", required=True, type=Path, help="the run's training labels, or its prepared folder")
+    p.add_argument("--valid", required=True, type=Path, help="the run's validation labels, or its prepared folder")
+    p.add_argument("--images", type=Path, help="image folder of the label files (not needed for prepared folders)")
     p.set_defaults(func=run_export)
 
 
@@ -77,11 +77,13 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """Add the inference export and the typicality statistics to a run folder; print what was written."""
-    from pipeline import data, model, serving
+    from pipeline import datasets, model, serving
 
     checkpoint = args.run / "best.keras"
-    images = [[args.images / name for name in data.load_labels(path)["Image"]] for path in (args.train, args.valid)]
-    summary = serving.add_serving_artifacts(args.run, model.load(checkpoint), images[0], images[1], checkpoint)
+    net = model.load(checkpoint)
+    sources = [datasets.open_source(path, args.images) for path in (args.train, args.valid)]
+    images = [datasets.sample(source, serving.MAX_STATS_IMAGES, model.input_size(net)) for source in sources]
+    summary = serving.add_serving_artifacts(args.run, net, images[0], images[1], checkpoint)
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -125,7 +125,8 @@ def train_epoch(
     ``steps`` is required: under MultiWorkerMirroredStrategy every worker must run the same number of
     collective steps or the others wait forever. With prepared shards divided among workers, compute it
     identically on every worker from the worker with the most examples (`pipeline.datasets.steps_per_epoch`),
-    and let each worker's dataset ``.repeat()`` so that a worker with fewer examples never runs out first. Each call takes a fresh iterator unless given one.
+    and let each worker's dataset ``.repeat()`` so that a worker with fewer examples never runs out first.
+    Each call takes a fresh iterator unless given one.
 
     A short last batch is weighted by its actual size, but with several replicas it must still give every
     replica at least one example: an empty replica batch fails in the convolutions (seen on CPU with a dataset

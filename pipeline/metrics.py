@@ -9,6 +9,9 @@ Conventions: ``y_true`` holds 0/1 labels, ``y_score`` probabilities (higher mean
 a prediction is positive iff ``y_score >= threshold``. A metric the data cannot define (an AUC without
 positive images, a PPV without predicted positives) is ``None``, never NaN or a made-up 0.5; in arrays of
 bootstrap results it is NaN, and those resamples are dropped from the intervals.
+
+About 450 lines, kept whole: every metric here shares these conventions and the vectorised bootstrap, and
+nothing in it depends on the rest of the project; split, each part would restate them.
 """
 
 from __future__ import annotations

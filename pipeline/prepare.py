@@ -18,6 +18,9 @@ Crash safety. A shard is written under a temporary name and renamed into place, 
 started again with the same arguments, keeps the complete shards and writes the rest; ``manifest.json``
 comes last, so a folder with a manifest is complete. The plan (``.plan.json``) pins the arguments, so a
 folder is never continued with other labels or another image size.
+
+About 390 lines, kept whole: the folder's format, its resume rules and the worker pool that fills it are one
+state machine; `pipeline.datasets` is its only reader.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ activation maps, so Grad-CAM (`pipeline.gradcam`) and the typicality score (`pip
 same forward pass. `load_predictor` runs that export with ONNX Runtime when it was made from the
 checkpoint as it is now (its SHA-256 is recorded), and otherwise falls back to the checkpoint in Keras:
 the checkpoint stays the source of truth. TensorFlow is imported only by `export` and the fallback.
+
+About 350 lines: the export, the two predictors and the statistics pass share one contract (the export's
+outputs and its info file), which is easiest to check in one place.
 """
 
 from __future__ import annotations

@@ -135,7 +135,7 @@ def train(
         "loss": loss,
         "patience": patience,
         "seed": seed,
-        "strategy": {"name": type(strategy).__name__, "replicas": replicas, "workers": me.count},
+        "strategy": {"name": _strategy_name(strategy), "replicas": replicas, "workers": me.count},
         "mixed_precision": mixed_precision,
         "jit_compile": jit_compile,
     }
@@ -306,7 +306,7 @@ def _commit_epoch(out: Path, net: keras.Model, state: dict[str, Any], row: dict[
     epoch = row["epoch"]
     checkpoint = runstate.checkpoint_path(out, epoch)
     model_lib.save(net, checkpoint)
-    state = runstate.next_state(state, row, checkpoint.relative_to(out).as_posix(), int(net.optimizer.iterations))
+    state = runstate.next_state(state, row, checkpoint.relative_to(out).as_posix(), _step_count(net.optimizer))
     runstate.write_state(out, state)
     if state["best_epoch"] == epoch:
         _save_best(net, out)
@@ -351,7 +351,7 @@ def _load_checkpoint(out: Path, state: dict[str, Any], net: keras.Model, optimiz
     except Exception as exc:
         why = reason(exc, limit=150, typed=True)
         raise InputError(f"{path}: cannot load ({why}); the checkpoint is damaged") from None
-    iterations = int(saved.optimizer.iterations)
+    iterations = _step_count(saved.optimizer)
     if iterations != state["optimizer_iterations"]:
         raise InputError(
             f"{path}: optimizer step {iterations}, but {runstate.STATE} says {state['optimizer_iterations']}; "
@@ -360,6 +360,18 @@ def _load_checkpoint(out: Path, state: dict[str, Any], net: keras.Model, optimiz
     net.set_weights(saved.get_weights())
     for target, value in zip(optimizer.variables, saved.optimizer.variables, strict=True):
         target.assign(value)
+
+
+def _strategy_name(strategy: tf.distribute.Strategy) -> str:
+    """The public class name: tf.distribute.MultiWorkerMirroredStrategy's type is CollectiveAllReduceStrategy."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return "MultiWorkerMirroredStrategy"
+    return type(strategy).__name__
+
+
+def _step_count(optimizer: Any) -> int:
+    """The optimizer's step; ``int()`` of a variable made under a strategy (a MirroredVariable) fails."""
+    return int(keras.ops.convert_to_numpy(optimizer.iterations))
 
 
 def _init_checkpoint(path: str | os.PathLike[str], image_size: int) -> keras.Model:

@@ -24,6 +24,7 @@ import h5py
 import keras
 import tensorflow as tf
 
+from pipeline import batchnorm
 from pipeline.errors import InputError, reason
 from pipeline.findings import FINDINGS
 
@@ -70,6 +71,8 @@ class FindingNames(keras.layers.Layer):
 def build(image_size: int = 320, weights: str | os.PathLike[str] = "none") -> keras.Model:
     """Uncompiled DenseNet121 with a 14-way sigmoid head on raw ``image_size x image_size x 1`` images.
 
+    Its BatchNormalization layers train on TensorFlow's fused kernel (`pipeline.batchnorm.set_fused`).
+
     Parameters
     ----------
     image_size
@@ -94,7 +97,9 @@ def build(image_size: int = 320, weights: str | os.PathLike[str] = "none") -> ke
     # float32 head under any global policy: with mixed_float16 the sigmoid and the loss stay in float32.
     x = keras.layers.Dense(len(FINDINGS), activation="sigmoid", name=HEAD_LAYER, dtype="float32")(x)
     outputs = FindingNames(FINDINGS, name="findings", dtype="float32")(x)
-    return keras.Model(inputs, outputs, name="densenet121_chestxray14")
+    model = keras.Model(inputs, outputs, name="densenet121_chestxray14")
+    batchnorm.set_fused(model)  # trains ~1.2x faster on a CPU; a saved file is unchanged (pipeline.batchnorm)
+    return model
 
 
 def finding_names(model: keras.Model) -> list[str]:

@@ -1,7 +1,7 @@
 """What the pages show of localization: the Localization view of Model performance, and boxes on Predict.
 
-Kept out of the page files so that the pages only call it; the numbers come from `pipeline.localize` and
-`pipeline.localization`, and nothing here imports TensorFlow.
+Kept out of the page files so that the pages only call it; the numbers come from `pipeline.explain.localization` and
+`pipeline.explain.localization_folder`, and nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -14,12 +14,15 @@ import plotly.graph_objects as go
 import shared
 import streamlit as st
 
-from pipeline import boxes, imagefolder, localization, localize, paths, plots
+from pipeline import plots
+from pipeline.core import paths
+from pipeline.data import boxes, image_folders
+from pipeline.explain import localization, localization_folder
 
 SCORE_NAMES = {"pointing": "Pointing game (hit rate)", "mass_share": "Share of map mass inside the box",
-               **{f"iou_{level:g}": f"IoU, map thresholded at {level:g} x max" for level in localize.IOU_LEVELS}}
+               **{f"iou_{level:g}": f"IoU, map thresholded at {level:g} x max" for level in localization.IOU_LEVELS}}
 GALLERY_PAGE = 8
-TOLERANCE = localize.TOLERANCE_PX  # pointing-game margin, px of the 1024 px original
+TOLERANCE = localization.TOLERANCE_PX  # pointing-game margin, px of the 1024 px original
 
 
 @st.cache_data(show_spinner=False)
@@ -30,8 +33,8 @@ def box_list() -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False)
 def read_result(folder: str, modified: float) -> tuple[dict, pd.DataFrame]:
-    """`pipeline.localization.read_result`, reread when localization.json changes (``modified``: its mtime)."""
-    return localization.read_result(folder)
+    """`localization_folder.read_result`, reread when localization.json changes (``modified``: its mtime)."""
+    return localization_folder.read_result(folder)
 
 
 def comparison_figure(frame: pd.DataFrame, score: str) -> go.Figure:
@@ -58,9 +61,9 @@ def show_results(folders: list[Path]) -> None:
     names = {paths.shorten(folder, artifacts): folder for folder in folders}
     chosen = st.selectbox("Localization result", list(names)) if len(names) > 1 else next(iter(names))
     folder = names[chosen]
-    summary, per_box = read_result(str(folder), (folder / localize.RESULT).stat().st_mtime)
+    summary, per_box = read_result(str(folder), (folder / localization.RESULT).stat().st_mtime)
     score = st.radio("Score", list(SCORE_NAMES), format_func=SCORE_NAMES.get, horizontal=True)
-    frame = localization.results_frame(summary, score)
+    frame = localization_folder.results_frame(summary, score)
     shared.chart(comparison_figure(frame, score))
     st.caption(
         f"Measured on {summary['n_boxes']} radiologist boxes on {summary['n_images']} images of "
@@ -80,14 +83,14 @@ def show_results(folders: list[Path]) -> None:
         with st.expander(f"Skipped ({len(summary['skipped'])})"):
             st.dataframe(pd.DataFrame(summary["skipped"]), hide_index=True)
 
-    gallery = sorted((folder / localization.GALLERY).glob("*.jpg"))
+    gallery = sorted((folder / localization_folder.GALLERY).glob("*.jpg"))
     st.subheader("Boxes over the heatmaps")
     if not gallery:
         st.info("This result has no gallery; rerun `python -m pipeline localize` to make one.")
         return
     pages = (len(gallery) + GALLERY_PAGE - 1) // GALLERY_PAGE
     page = st.number_input(f"Gallery page (of {pages})", 1, pages, 1) if pages > 1 else 1
-    rows = per_box.assign(file=[localize.gallery_name(i, f) for i, f in zip(per_box["Image"], per_box["Finding"],
+    rows = per_box.assign(file=[localization.gallery_name(i, f) for i, f in zip(per_box["Image"], per_box["Finding"],
                                                                                 strict=True)]).set_index("file")
     shown_files = gallery[(page - 1) * GALLERY_PAGE : page * GALLERY_PAGE]
     for start in range(0, len(shown_files), 4):
@@ -117,11 +120,11 @@ def predict_boxes(image_name: str, image: np.ndarray, overlay: np.ndarray, maps:
     if image_boxes.empty:
         return image, overlay, None
     maps_by_finding = dict(zip(names, maps, strict=True))
-    scored = localize.score_image(maps_by_finding, image_boxes, (image.shape[1], image.shape[0]))
+    scored = localization.score_image(maps_by_finding, image_boxes, (image.shape[1], image.shape[0]))
     table = pd.DataFrame({
         "Finding": scored["Finding"],
         "Pointing game": np.where(scored["model_pointing"] == 1, "hit", "miss"),
         "Mass share in box": scored["model_mass_share"],
     })
-    return (imagefolder.with_boxes(image, image_name, box_list()),
-            imagefolder.with_boxes(overlay, image_name, box_list()), table)
+    return (image_folders.with_boxes(image, image_name, box_list()),
+            image_folders.with_boxes(overlay, image_name, box_list()), table)

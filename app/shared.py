@@ -17,8 +17,11 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pipeline import data, imagefolder, paths, results, runs
-from pipeline.errors import InputError
+from pipeline.core import paths
+from pipeline.core.errors import InputError
+from pipeline.data import image_folders, label_files
+from pipeline.evaluation import results
+from pipeline.training import runs
 
 IMAGES_DIR = paths.images_dir()
 SAMPLE_LABELS = paths.sample_labels()
@@ -75,7 +78,7 @@ def sidebar() -> None:
         st.radio(
             "Data",
             list(DATA_SOURCES),
-            index=1 if imagefolder.is_custom() else 0,  # a user's own folder is labelled by the full metadata
+            index=1 if image_folders.is_custom() else 0,  # a user's own folder is labelled by the full metadata
             key="data_source",
             captions=["549 images shipped in nih/", "112,120 images of 30,805 patients"],
             help="What the Home and Dataset pages describe.",
@@ -97,28 +100,28 @@ def images_note() -> str:
         count = len(image_index())
     except InputError as exc:
         return f"Images: {exc}"
-    if imagefolder.is_custom():
-        folder = imagefolder.image_folders()[0]
-        return f"Images: {count:,} files in `{folder}` (from ${imagefolder.ENV_VAR})."
+    if image_folders.is_custom():
+        folder = image_folders.image_folders()[0]
+        return f"Images: {count:,} files in `{folder}` (from ${image_folders.ENV_VAR})."
     return (f"Images: the {count:,} embedded in `nih/images` and `nih/boxed`. For your own full NIH folder: "
-            f"`{imagefolder.ENV_VAR}=/data/nih/images make run`.")
+            f"`{image_folders.ENV_VAR}=/data/nih/images make run`.")
 
 
 @st.cache_resource(show_spinner="Listing the image folder...", ttl=600)
 def _image_index(folders: tuple[str, ...]) -> dict[str, str]:
     # a resource, not data: shared as is, never copied (a copy of 112,120 entries per call would cost seconds)
-    return imagefolder.list_images(folders)
+    return image_folders.list_images(folders)
 
 
 def image_index() -> dict[str, str]:
     """``{file name: path}`` of the images the pages show (embedded, or ``$CHESTXRAY_IMAGES``), listed once."""
-    return _image_index(tuple(str(folder) for folder in imagefolder.image_folders()))
+    return _image_index(tuple(str(folder) for folder in image_folders.image_folders()))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def thumbnail(path: str, side: int = 320) -> np.ndarray:
-    """`pipeline.imagefolder.thumbnail`, made when first shown and kept."""
-    return imagefolder.thumbnail(path, side)
+    """`pipeline.data.image_folders.thumbnail`, made when first shown and kept."""
+    return image_folders.thumbnail(path, side)
 
 
 def _default_run(found: list[runs.Run]) -> runs.Run:
@@ -161,14 +164,14 @@ def headline_evaluation(run: runs.Run) -> Path | None:
 
 @st.cache_data(show_spinner="Reading the label file...")
 def load_labels(path: str) -> pd.DataFrame:
-    """`pipeline.data.load_labels` of a file, cached by path."""
-    return data.load_labels(path)
+    """`pipeline.data.label_files.load_labels` of a file, cached by path."""
+    return label_files.load_labels(path)
 
 
 @st.cache_data(show_spinner="Reading the uploaded label file...", max_entries=20)
 def load_uploaded_labels(name: str, content: bytes) -> pd.DataFrame:
-    """`pipeline.data.load_labels_bytes` of an upload, cached by its name and bytes."""
-    return data.load_labels_bytes(content, name)
+    """`pipeline.data.label_files.load_labels_bytes` of an upload, cached by its name and bytes."""
+    return label_files.load_labels_bytes(content, name)
 
 
 @st.cache_data(show_spinner="Reading the evaluation...")
@@ -177,7 +180,7 @@ def _read_evaluation(path: str, modified: float) -> results.SavedEvaluation:
 
 
 def read_evaluation(path: Path) -> results.SavedEvaluation:
-    """`pipeline.results.read_evaluation`, cached until the folder's metrics.json is rewritten."""
+    """`pipeline.evaluation.results.read_evaluation`, cached until the folder's metrics.json is rewritten."""
     return _read_evaluation(str(path), _modified(path / results.METRICS_JSON))
 
 
@@ -187,7 +190,7 @@ def _read_metrics(path: str, modified: float) -> results.Summary:
 
 
 def read_metrics(path: Path) -> results.Summary:
-    """`pipeline.results.read_metrics`, cached until the folder's metrics.json is rewritten."""
+    """`pipeline.evaluation.results.read_metrics`, cached until the folder's metrics.json is rewritten."""
     return _read_metrics(str(path), _modified(path / results.METRICS_JSON))
 
 

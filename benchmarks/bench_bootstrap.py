@@ -18,8 +18,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.findings import FINDINGS  # noqa: E402
-from pipeline.metrics import bootstrap_auc  # noqa: E402
+from pipeline.core.findings import FINDINGS  # noqa: E402
+from pipeline.evaluation.metrics import bootstrap_auc  # noqa: E402
 
 TARGET_S = 10.0
 # Positives per finding in the official test list (test_list.txt, 25,596 images), FINDINGS order.

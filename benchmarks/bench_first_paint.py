@@ -25,8 +25,8 @@ from pathlib import Path
 from playwright.sync_api import Page, sync_playwright
 
 REPO = Path(__file__).resolve().parent.parent
-FIRST_UPLOAD = REPO / "tests" / "data" / "00000001_000.png"
-SECOND_UPLOAD = REPO / "tests" / "data" / "00000100_000.png"
+FIRST_UPLOAD = REPO / "tests" / "fixtures" / "00000001_000.png"
+SECOND_UPLOAD = REPO / "tests" / "fixtures" / "00000100_000.png"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
@@ -103,7 +103,8 @@ def upload_at_once(browser, log: Path) -> None:
 
 
 def main() -> None:
-    from pipeline import paths, runs
+    from pipeline.core import paths
+    from pipeline.training import runs
 
     has_model = any(run.checkpoint for run in runs.find_runs(paths.artifacts_dir()))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}; "

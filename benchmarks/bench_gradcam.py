@@ -5,7 +5,7 @@ forward pass. Every side runs the model the same way, as a tf.function traced be
 side traces its gradient too), on one image; each is
 warmed up, then timed several times (bare and heatmaps in turn), and medians are compared. An eager
 ``model(x, training=False)`` is timed too, to show what tracing saves.
-The out-of-distribution guard (`pipeline.ood.judge`: pixel checks, polarity, typicality from the pooled
+The out-of-distribution guard (`pipeline.inference.ood.judge`: pixel checks, polarity, typicality from the pooled
 features the same pass returned) is timed against the heatmaps too (target: at most 10% of a prediction),
 with the shipped demo run's statistics, and against a whole served answer from the demo run's ONNX export.
 Run from the repository root: .venv/bin/python -m benchmarks.bench_gradcam [--size 224]
@@ -24,8 +24,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import gradcam, imaging, model, ood, serving
-from pipeline.findings import FINDINGS
+from pipeline.core.findings import FINDINGS
+from pipeline.data import imaging
+from pipeline.explain import gradcam
+from pipeline.inference import ood, serving
+from pipeline.networks import densenet
 from tests.gradcam_reference import gradcam_tape  # the textbook version, kept with the tests
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,7 +60,7 @@ def main() -> None:
     print(f"machine: {platform.platform()}, {platform.machine()}, {os.cpu_count()} cpus")
     print(f"Python {platform.python_version()}, TensorFlow {tf.__version__}, Keras {keras.__version__}")
     keras.utils.set_random_seed(0)
-    net = model.build(args.size, weights="none")
+    net = densenet.build(args.size, weights="none")
     image = imaging.load_image(IMAGE)  # heatmaps resizes it to the input and its maps back to its own size
     x = imaging.resize(image, args.size)[np.newaxis, :, :, np.newaxis].astype(np.float32)
     print(f"random-init DenseNet121 at {args.size} px, image {image.shape[1]}x{image.shape[0]}, batch 1")
@@ -92,7 +95,7 @@ def main() -> None:
         print(f"no typicality statistics in {DEMO}: guard not timed")
         return
     decoded = imaging.load_decoded(IMAGE)
-    features, _ = model.inference_function(net)(x)
+    features, _ = densenet.inference_function(net)(x)
     pooled = features.numpy().mean(axis=(1, 2))
 
     def guard():

@@ -2,7 +2,7 @@
 
 Builds, in a temporary folder, one symbolic link per `Image Index` of the full metadata (each pointing at an
 embedded image; the 6 boxed images link to themselves), then times, for that folder and for the embedded
-images: listing the folder (`pipeline.imagefolder.list_images`), and the Dataset and Predict pages in
+images: listing the folder (`pipeline.data.image_folders.list_images`), and the Dataset and Predict pages in
 Streamlit's AppTest (first run, then a rerun), both with the full metadata's labels, so only the images
 differ. Prints seconds and the ratio full / embedded; a warm-up run first imports TensorFlow.
 Run from the repository root: .venv/bin/python -m benchmarks.bench_image_folder
@@ -22,7 +22,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline import imagefolder  # noqa: E402
+from pipeline.data import image_folders  # noqa: E402
 
 METADATA = REPO / "nih" / "metadata" / "Data_Entry_2017_v2020.csv.gz"
 
@@ -42,9 +42,9 @@ def page_seconds(page: str, images: Path | None) -> tuple[float, float]:
     from streamlit.testing.v1 import AppTest
 
     if images is None:
-        os.environ.pop(imagefolder.ENV_VAR, None)
+        os.environ.pop(image_folders.ENV_VAR, None)
     else:
-        os.environ[imagefolder.ENV_VAR] = str(images)
+        os.environ[image_folders.ENV_VAR] = str(images)
     at = AppTest.from_file(str(REPO / "app" / "main.py"), default_timeout=300)
     at.run()
     at.sidebar.radio[0].set_value("Full NIH metadata").run()  # the same labels for both: only the images differ
@@ -66,9 +66,9 @@ def main() -> None:
         count = link_folder(folder)
         print(f"made {count:,} symlinks in {time.perf_counter() - start:.1f} s")
         timings = {}
-        for name, folders in (("embedded", imagefolder.EMBEDDED), ("full", (folder,))):
+        for name, folders in (("embedded", image_folders.EMBEDDED), ("full", (folder,))):
             start = time.perf_counter()
-            listed = imagefolder.list_images(folders)
+            listed = image_folders.list_images(folders)
             timings[name, "list"] = time.perf_counter() - start
             print(f"{name}: listed {len(listed):,} images in {timings[name, 'list']:.3f} s")
         page_seconds("predict", None)  # warm-up: imports TensorFlow and loads the model once for both

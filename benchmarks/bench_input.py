@@ -3,11 +3,11 @@
 Builds, in a temporary folder, ``--images`` symbolic links to the full-size NIH originals (`benchmarks.fullsize`)
 and prepares them at ``--image-size`` (untimed). Then times, at batch ``--batch`` with augmentation on:
 
-- the image folder (`pipeline.datasets.open_source(labels, images)`): its first epoch, which decodes every
-  full-size PNG through `pipeline.imaging` (numpy_function, then cached in memory). That decoding epoch is what
+- the image folder (`pipeline.data.input_pipeline.open_source(labels, images)`): its first epoch, which decodes every
+  full-size PNG through `pipeline.data.imaging` (numpy_function, then cached in memory). That decoding epoch is what
   a run on the full data pays, since 112,120 images do not fit the cache; later epochs read the cache;
 - the prepared folder: ``--steps`` batches (wrapping around its shards), from the iterator's creation;
-- DenseNet121 training steps at the same image size (`pipeline.steps.make_train_step`, one device, plain BCE,
+- DenseNet121 training steps at the same image size (`pipeline.training.steps.make_train_step`, one device, plain BCE,
   batch ``--model-batch``), on a constant batch, after ``--warmup`` steps.
 
 All three use every core of this process (tf.data and TensorFlow's thread pools), so per core is the
@@ -30,15 +30,17 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks.fullsize import link_layout
-from pipeline import datasets, model, prepare, steps
-from pipeline.findings import FINDINGS
+from pipeline.core.findings import FINDINGS
+from pipeline.data import input_pipeline, prepare
+from pipeline.networks import densenet
+from pipeline.training import steps
 
 
-def input_rate(source: datasets.Source, image_size: int, batch: int, count: int) -> tuple[float, float]:
+def input_rate(source: input_pipeline.Source, image_size: int, batch: int, count: int) -> tuple[float, float]:
     """Seconds and images/s of ``count`` augmented training batches, from creating the dataset on."""
     start = time.perf_counter()
     images = 0
-    for x, _ in datasets.training_batches(source, image_size, batch, count, seed=0):
+    for x, _ in input_pipeline.training_batches(source, image_size, batch, count, seed=0):
         images += int(x.shape[0])
     seconds = time.perf_counter() - start
     return seconds, images / seconds
@@ -50,7 +52,7 @@ def model_rate(image_size: int, batch: int, warmup: int, timed: int) -> float:
 
     keras.utils.set_random_seed(0)
     strategy = tf.distribute.get_strategy()
-    net = model.build(image_size, weights="none")
+    net = densenet.build(image_size, weights="none")
     optimizer = keras.optimizers.Adam(1e-4)
     step = steps.make_train_step(strategy, net, keras.losses.BinaryCrossentropy(), optimizer, batch)
     rng = np.random.default_rng(0)
@@ -84,14 +86,14 @@ def main() -> None:
         table.to_csv(labels, index=False)
         prepare.prepare(labels, images, Path(tmp, "prepared"), args.image_size, log=lambda line: None)
 
-        folder = datasets.open_source(labels, images)
-        count = datasets.steps_per_epoch(folder, args.batch)
+        folder = input_pipeline.open_source(labels, images)
+        count = input_pipeline.steps_per_epoch(folder, args.batch)
         seconds, folder_rate = input_rate(folder, args.image_size, args.batch, count)
         print(
             f"image folder, first (decoding) epoch: {count} batches in {seconds:.1f} s, {folder_rate:.1f} images/s "
             f"({folder_rate / cores:.1f} per core), load {os.getloadavg()[0]:.2f}"
         )
-        prepared = datasets.open_source(Path(tmp, "prepared"))
+        prepared = input_pipeline.open_source(Path(tmp, "prepared"))
         seconds, prepared_rate = input_rate(prepared, args.image_size, args.batch, args.steps)
         print(
             f"prepared folder: {args.steps} batches in {seconds:.1f} s, {prepared_rate:.1f} images/s "

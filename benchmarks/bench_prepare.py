@@ -2,9 +2,9 @@
 
 Builds, in a temporary folder, ``--images`` symbolic links (named after the first metadata rows) to the
 full-size 1024 px NIH originals (`benchmarks.fullsize`) and their label file. Then, in turns (``--rounds``),
-times `pipeline.prepare.prepare` into a new folder and a bare loop on the same files with the same number of
-processes: `pipeline.imaging.load_image` + `pipeline.imaging.resize` in a spawned process pool, blocks of
-`pipeline.prepare.BLOCK` images, nothing encoded or written. Both counts include starting their processes.
+times `pipeline.data.prepare.prepare` into a new folder and a bare loop on the same files with the same number of
+processes: `pipeline.data.imaging.load_image` + `pipeline.data.imaging.resize` in a spawned process pool, blocks of
+`pipeline.data.prepare.BLOCK` images, nothing encoded or written. Both counts include starting their processes.
 TensorFlow is imported before timing, by the parent only (as in ``python -m pipeline prepare``). Prints
 images/s per process for each, and the ratio of the best times (goal: >= 0.80). Other work on the machine
 slows both alike only roughly: read the load average printed with them.
@@ -24,7 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from benchmarks.fullsize import link_layout
-from pipeline import imaging, prepare
+from pipeline.data import imaging, prepare
 
 
 def _bare_block(paths: list[str], size: int) -> int:

@@ -29,7 +29,9 @@ GOAL_S = 2.0
 BREAKDOWN = """
 import time
 start = time.perf_counter()
-from pipeline import imaging, ood, serving
+from pipeline.data import imaging
+from pipeline.inference import ood
+from pipeline.inference import serving
 imported = time.perf_counter()
 predictor = serving.load_predictor({checkpoint!r})
 stats = ood.load({run!r})

@@ -12,7 +12,7 @@ import platform
 import time
 from pathlib import Path
 
-from pipeline import data, leakage, stats
+from pipeline.data import label_files, leakage, stats
 
 METADATA = Path(__file__).resolve().parent.parent / "nih" / "metadata" / "Data_Entry_2017_v2020.csv.gz"
 TEST_LIST = METADATA.parent / "test_list.txt.gz"
@@ -29,8 +29,8 @@ def best_of(repeats: int, func) -> float:
 
 def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}")
-    load = best_of(3, lambda: data.load_labels(METADATA))
-    table = data.load_labels(METADATA)
+    load = best_of(3, lambda: label_files.load_labels(METADATA))
+    table = label_files.load_labels(METADATA)
     summarize = best_of(3, lambda: stats.summarize(table))
     total = load + summarize
     print(f"stats (load + summarize) on {len(table):,} rows: {total:.2f} s "

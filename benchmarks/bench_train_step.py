@@ -1,14 +1,14 @@
 """Time `train`'s training step against a bare Keras ``train_on_batch`` loop and a plain PyTorch step.
 
-All sides train a random-init DenseNet121 (``pipeline.model.build(size, "none")``, 14 sigmoid outputs) with
+All sides train a random-init DenseNet121 (``pipeline.networks.densenet.build(size, "none")``, 14 sigmoid outputs) with
 Adam on ``batch`` images of ``size`` px, with the class-weighted loss (PyTorch: the same formula):
 
-- ``step, in memory``: `pipeline.steps.make_train_step` under the default strategy, as `train` runs it, fed
+- ``step, in memory``: `pipeline.training.steps.make_train_step` under the default strategy, as `train` runs it, fed
   one fixed batch of real NIH images from memory (a repeated ``tf.data`` of one element);
-- ``step, prepared``: the same traced step fed by `pipeline.datasets.training_batches` from a prepared folder
+- ``step, prepared``: the same traced step fed by `pipeline.data.input_pipeline.training_batches` from a prepared folder
   of real NIH images made here in a temporary folder (decoding and augmentation included), to show whether
   the input costs anything;
-- ``step, Keras BN``: the in-memory step with Keras's own BatchNormalization (`pipeline.batchnorm` off), to
+- ``step, Keras BN``: the in-memory step with Keras's own BatchNormalization (`pipeline.networks.batchnorm` off), to
   show what the fused kernel gives;
 - ``train_on_batch``: ``model.compile(Adam, loss)`` and ``model.train_on_batch`` with Keras's own
   BatchNormalization, i.e. the model as plain Keras trains it;
@@ -44,9 +44,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from pipeline import batchnorm, datasets, imaging, model, prepare, steps  # noqa: E402
-from pipeline.data import label_matrix, load_labels  # noqa: E402
-from pipeline.losses import WeightedBinaryCrossentropy  # noqa: E402
+from pipeline.data import imaging, input_pipeline, prepare  # noqa: E402
+from pipeline.data.label_files import label_matrix, load_labels  # noqa: E402
+from pipeline.networks import batchnorm, densenet  # noqa: E402
+from pipeline.networks.losses import WeightedBinaryCrossentropy  # noqa: E402
+from pipeline.training import steps  # noqa: E402
 
 LABELS = REPO / "nih" / "train-small.csv"
 IMAGES = REPO / "nih" / "images"
@@ -85,14 +87,14 @@ def real_batch(size: int, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     x = np.stack([imaging.resize(imaging.load_image(IMAGES / name), size) for name in rows["Image"]])
     y = label_matrix(rows).astype(np.float32)
     labels = label_matrix(table)
-    pos, neg = 1.0 - labels.mean(axis=0), labels.mean(axis=0)  # the formula of pipeline.data.class_weights
+    pos, neg = 1.0 - labels.mean(axis=0), labels.mean(axis=0)  # the formula of pipeline.data.label_files.class_weights
     return x[..., np.newaxis].astype(np.float32), y, pos, neg
 
 
 def keras_step(size: int, loss: keras.losses.Loss, batch: int, fused: bool) -> tuple[keras.Model, Callable]:
-    """The project's traced step (`pipeline.steps.make_train_step`) on a fresh model, default strategy."""
+    """The project's traced step (`pipeline.training.steps.make_train_step`) on a fresh model, default strategy."""
     keras.utils.set_random_seed(0)
-    net = model.build(size, "none")
+    net = densenet.build(size, "none")
     batchnorm.set_fused(net, fused)
     optimizer = keras.optimizers.Adam(1e-4)
     step = steps.make_train_step(tf.distribute.get_strategy(), net, loss, optimizer, batch)
@@ -130,9 +132,9 @@ def main() -> None:
     if "prepared" not in args.skip:
         folder = Path(workdir.name) / "prepared"
         prepare.prepare(LABELS, IMAGES, folder, size, workers=2, log=lambda line: None)
-        source = datasets.open_source(folder)
+        source = input_pipeline.open_source(folder)
         total = 1000 * (args.repeats + 4)  # more steps than the benchmark takes
-        prepared = iter(datasets.training_batches(source, size, batch, total, seed=0))
+        prepared = iter(input_pipeline.training_batches(source, size, batch, total, seed=0))
         sides["step, prepared"] = lambda: float(step(prepared)[0])  # same trace, another input
         print(f"prepared folder: {len(source)} real NIH images at {size} px, augmentation on")
 
@@ -143,7 +145,7 @@ def main() -> None:
 
     if "tob" not in args.skip:
         keras.utils.set_random_seed(0)
-        bare = model.build(size, "none")
+        bare = densenet.build(size, "none")
         batchnorm.set_fused(bare, False)  # Keras's own layers: the model as plain Keras trains it
         bare.compile(optimizer=keras.optimizers.Adam(1e-4), loss=loss)
         sides["train_on_batch"] = lambda: float(bare.train_on_batch(x, y))

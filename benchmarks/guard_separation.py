@@ -3,7 +3,7 @@
 Not a speed benchmark: it prints, for real NIH images and for generated non-X-rays, how many the guard
 passes, which check flags them (the first that does), how many the typicality score alone would flag,
 and how far that score separates each kind from the held-out NIH test images (AUC, 1 = perfect). The
-generated kinds are those of tests/test_ood.py, more of each; the grayscale photographs are a hard case
+generated kinds are those of tests/inference/test_ood.py, more of each; the grayscale photographs are a hard case
 that no cheap check is meant to catch. Numbers go to the README.
 Run from the repository root: .venv/bin/python -m benchmarks.guard_separation
 """
@@ -17,12 +17,13 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from pipeline import imaging, ood, serving
+from pipeline.data import imaging
+from pipeline.inference import ood, serving
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = REPO / "artifacts" / "runs" / "densenet121-128-weighted"
 IMAGES = REPO / "nih" / "images"
-ORIGINALS = REPO / "tests" / "data"
+ORIGINALS = REPO / "tests" / "fixtures"
 
 
 def encoded(image: np.ndarray, ext: str = ".png") -> np.ndarray:

@@ -5,7 +5,7 @@ metadata row to a full-size NIH original (see `benchmarks.fullsize`), then, for 
 all rows in turn: runs ``python -m pipeline prepare`` (``--workers 2``) as a child process and records its
 wall time, the peak RSS of its whole process tree (parent plus decoding workers, sampled from /proc every
 0.25 s) and the prepared folder's size on disk; then iterates one full training epoch
-(`pipeline.datasets.training_batches`, augmentation on) from that folder in a child process, recording
+(`pipeline.data.input_pipeline.training_batches`, augmentation on) from that folder in a child process, recording
 images/s and peak RSS. Results go to ``ROOT/results.json`` as they come.
 Prints the ratios full / 10,000 (goal: peak memory within 20 %, i.e. flat) and the machine's load average,
 since other work on the machine slows these runs. Deletes the prepared folders unless ``--keep``.
@@ -45,14 +45,14 @@ def run_tree(command: list[str], log: Path) -> tuple[float, int, float, str]:
 
 def epoch(folder: str, image_size: int, batch: int) -> None:
     """In a child process: one full training epoch from a prepared folder; prints a JSON line of its timings."""
-    from pipeline import datasets
+    from pipeline.data import input_pipeline
 
-    source = datasets.open_source(folder)
-    steps = datasets.steps_per_epoch(source, batch)
+    source = input_pipeline.open_source(folder)
+    steps = input_pipeline.steps_per_epoch(source, batch)
     start = time.perf_counter()
     warm = None
     images = 0
-    for step, (x, _) in enumerate(datasets.training_batches(source, image_size, batch, steps, seed=0)):
+    for step, (x, _) in enumerate(input_pipeline.training_batches(source, image_size, batch, steps, seed=0)):
         images += int(x.shape[0])
         if step == 9:
             warm = (time.perf_counter(), images)

@@ -1,4 +1,4 @@
-"""Shared paths and fixtures. Tests run on the committed real data under nih/ and tests/data/."""
+"""Shared paths and fixtures. Tests run on the committed real data under nih/ and tests/fixtures/."""
 
 from __future__ import annotations
 
@@ -9,19 +9,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.findings import FINDINGS
+from pipeline.core.findings import FINDINGS
 
 REPO = Path(__file__).resolve().parent.parent
 NIH = REPO / "nih"
 IMAGES = NIH / "images"
 METADATA = NIH / "metadata" / "Data_Entry_2017_v2020.csv.gz"
-TEST_DATA = REPO / "tests" / "data"
+TEST_DATA = REPO / "tests" / "fixtures"
 
 
 @pytest.fixture(scope="session")
 def full_metadata():
     """The canonical table of all 112,120 NIH images (read once per test session)."""
-    from pipeline.data import load_labels
+    from pipeline.data.label_files import load_labels
 
     return load_labels(METADATA)
 
@@ -34,19 +34,19 @@ def small_model():
     """A random-init DenseNet121 on 64 px images, built once per session (a build takes seconds)."""
     import keras
 
-    from pipeline import model
+    from pipeline.networks import densenet
 
     keras.utils.set_random_seed(0)
-    return model.build(SMALL_SIZE, weights="none")
+    return densenet.build(SMALL_SIZE, weights="none")
 
 
 @pytest.fixture(scope="session")
 def small_checkpoint(small_model, tmp_path_factory):
     """`small_model` saved as a .keras checkpoint."""
-    from pipeline import model
+    from pipeline.networks import densenet
 
     path = tmp_path_factory.mktemp("checkpoint") / "small.keras"
-    model.save(small_model, path)
+    densenet.save(small_model, path)
     return path
 
 

@@ -9,9 +9,11 @@ import pandas as pd
 import pytest
 from conftest import IMAGES, NIH, REPO
 
-from pipeline import imaging, model, predict
-from pipeline.data import load_labels
-from pipeline.findings import FINDINGS
+from pipeline.core.findings import FINDINGS
+from pipeline.data import imaging
+from pipeline.data.label_files import load_labels
+from pipeline.inference import predict
+from pipeline.networks import densenet
 
 RUN = REPO / "artifacts" / "runs" / "densenet121-128-weighted"
 PLAIN = REPO / "artifacts" / "runs" / "densenet121-128-plain"
@@ -19,14 +21,14 @@ PLAIN = REPO / "artifacts" / "runs" / "densenet121-128-plain"
 
 @pytest.fixture(scope="module")
 def demo():
-    return model.load(RUN / "best.keras")
+    return densenet.load(RUN / "best.keras")
 
 
 def test_checkpoint_is_small_and_self_describing(demo):
     assert (RUN / "best.keras").stat().st_size < 40 * 2**20
-    assert model.finding_names(demo) == list(FINDINGS)
+    assert densenet.finding_names(demo) == list(FINDINGS)
     config = json.loads((RUN / "config.json").read_text())
-    assert config["image_size"] == model.input_size(demo) == 128
+    assert config["image_size"] == densenet.input_size(demo) == 128
     assert config["weights"] == "none" and config["loss"] == "weighted"
 
 

@@ -5,9 +5,11 @@ import shared
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from pipeline import plots, runs, stats
-from pipeline.errors import InputError
-from pipeline.paths import REPO_ROOT
+from pipeline import plots
+from pipeline.core.errors import InputError
+from pipeline.core.paths import REPO_ROOT
+from pipeline.data import stats
+from pipeline.training import runs
 
 st.title("Class balance")
 st.caption(

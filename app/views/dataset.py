@@ -8,9 +8,10 @@ import plotly.graph_objects as go
 import shared
 import streamlit as st
 
-from pipeline import boxes, imagefolder, plots, stats
-from pipeline.errors import InputError
-from pipeline.findings import FINDINGS, NO_FINDING
+from pipeline import plots
+from pipeline.core.errors import InputError
+from pipeline.core.findings import FINDINGS, NO_FINDING
+from pipeline.data import boxes, image_folders, stats
 
 GALLERY_SIZE = 8  # images per gallery page
 
@@ -34,7 +35,7 @@ def box_list() -> pd.DataFrame:
 
 def gallery_image(name: str) -> np.ndarray:
     """A thumbnail (made once, then cached) as RGB with its NIH boxes, if any, scaled and drawn."""
-    return imagefolder.with_boxes(shared.thumbnail(str(shared.image_index()[name])), name, box_list())
+    return image_folders.with_boxes(shared.thumbnail(str(shared.image_index()[name])), name, box_list())
 
 
 def show_gallery(names: list[str], caption: Callable[[str], str], key: str) -> None:
@@ -119,7 +120,7 @@ try:
 except InputError as exc:  # $CHESTXRAY_IMAGES names no folder
     st.error(str(exc), icon=":material/error:")
     available = {}
-where = "the image folder" if imagefolder.is_custom() else "`nih/images` and `nih/boxed`"
+where = "the image folder" if image_folders.is_custom() else "`nih/images` and `nih/boxed`"
 present = sorted(name for name in selection["Image"] if name in available)  # dict lookups: fast at 112,120
 all_boxes = box_list()
 if not present:

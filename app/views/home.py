@@ -3,7 +3,9 @@
 import shared
 import streamlit as st
 
-from pipeline import paths, runs, stats
+from pipeline.core import paths
+from pipeline.data import stats
+from pipeline.training import runs
 
 
 def label_file(config: dict, key: str, count: str) -> str | None:

@@ -5,8 +5,10 @@ import plotly.graph_objects as go
 import shared
 import streamlit as st
 
-from pipeline import leakage, paths, plots
-from pipeline.errors import InputError
+from pipeline import plots
+from pipeline.core import paths
+from pipeline.core.errors import InputError
+from pipeline.data import leakage
 
 DEFAULT_FILES = ["train-small.csv", "valid-small.csv", "test.csv"]
 

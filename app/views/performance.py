@@ -8,9 +8,13 @@ import pandas as pd
 import shared
 import streamlit as st
 
-from pipeline import compare, localization, paths, plots, runs
-from pipeline.findings import FINDINGS
-from pipeline.results import SavedEvaluation, Summary
+from pipeline import plots
+from pipeline.core import paths
+from pipeline.core.findings import FINDINGS
+from pipeline.evaluation import compare
+from pipeline.evaluation.results import SavedEvaluation, Summary
+from pipeline.explain import localization_folder
+from pipeline.training import runs
 
 ALL = "All findings"
 OPERATING_COLUMNS = {"sensitivity": "Sensitivity", "specificity": "Specificity", "ppv": "PPV", "npv": "NPV",
@@ -19,7 +23,7 @@ OPERATING_COLUMNS = {"sensitivity": "Sensitivity", "specificity": "Specificity",
 
 @st.cache_data(show_spinner="Comparing evaluations (DeLong test and paired bootstrap)...")
 def comparison(folders: tuple[str, ...], n_bootstrap: int, modified: tuple[float, ...]) -> pd.DataFrame:
-    """`pipeline.compare.compare` as a table; ``modified`` (metrics.json mtimes) invalidates the cache."""
+    """`pipeline.evaluation.compare.compare` as a table; ``modified`` (metrics.json mtimes) invalidates the cache."""
     return compare.comparison_frame(compare.compare(list(folders), n_bootstrap=n_bootstrap, seed=0))
 
 
@@ -91,7 +95,7 @@ for name, result in evals.items():
             st.markdown("\n".join(f"- {note}" for note in notes))
 
 finding = st.selectbox("Finding", [ALL, *FINDINGS])
-located = localization.find_results(run.path) if run is not None else []
+located = localization_folder.find_results(run.path) if run is not None else []
 tabs = st.tabs(["ROC", "Precision-recall", "Calibration", "Operating points", "Comparison", "Training history",
                 *(["Localization"] if located else [])])
 

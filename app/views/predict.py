@@ -1,6 +1,6 @@
 """Predict: the 14 probabilities of uploaded X-rays, their Grad-CAM heatmaps, and a guard against non-X-rays.
 
-Answers come from the run's ONNX export (`pipeline.serving`) when it has a current one, so the page needs
+Answers come from the run's ONNX export (`pipeline.inference.serving`) when it has a current one, so the page needs
 no TensorFlow and answers the first upload quickly; the model session is opened when the page loads, before
 any upload. Several files give a table with a CSV download; clicking or choosing a row shows that image's
 Grad-CAM.
@@ -19,8 +19,12 @@ import shared
 import streamlit as st
 from PIL import Image
 
-from pipeline import gradcam, imaging, ood, paths, plots, serving
-from pipeline.errors import InputError
+from pipeline import plots
+from pipeline.core import paths
+from pipeline.core.errors import InputError
+from pipeline.data import imaging
+from pipeline.explain import gradcam
+from pipeline.inference import ood, serving
 
 SHOW_ANYWAY = "Show the probabilities anyway"
 PICK_LIST = 5000  # more images than this are picked by typing a file name

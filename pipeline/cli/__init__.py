@@ -13,9 +13,9 @@ import re
 import sys
 from pathlib import Path
 
-from pipeline import quiet
 from pipeline.cli import evaluation, labels, localization, prediction, training
-from pipeline.errors import InputError
+from pipeline.core import quiet
+from pipeline.core.errors import InputError
 
 # Library parameter -> the flag that sets it, for error messages.
 FLAGS = {

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.results import (
+from pipeline.evaluation.results import (
     CALIBRATION_CSV,
     LABELS_CSV,
     METRICS_JSON,
@@ -56,8 +56,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Predictions (from a checkpoint or a CSV) and labels in, an evaluation folder out, its table printed."""
-    from pipeline import evaluate
     from pipeline.cli import localization, warn
+    from pipeline.evaluation import evaluate
 
     if args.reference is not None:
         return localization.run_reference(args)
@@ -88,7 +88,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_compare(args: argparse.Namespace) -> int:
     """Print the comparison as a table, or as JSON with ``--json``."""
-    from pipeline import compare
+    from pipeline.evaluation import compare
 
     result = compare.compare(args.evals, n_bootstrap=args.bootstrap, seed=args.seed)
     print(json.dumps(result, indent=2, allow_nan=False) if args.json else format_comparison(result))

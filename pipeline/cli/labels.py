@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pipeline import paths
+from pipeline.core import paths
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -49,18 +49,18 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    from pipeline import data, stats
+    from pipeline.data import label_files, stats
 
-    table = data.load_labels(args.labels)
+    table = label_files.load_labels(args.labels)
     summary = stats.summarize(table)
     print(json.dumps(summary, indent=2) if args.json else stats.format_summary(summary))
     return 0
 
 
 def run_leakage(args: argparse.Namespace) -> int:
-    from pipeline import data, leakage
+    from pipeline.data import label_files, leakage
 
-    tables = {str(path): data.load_labels(path) for path in args.labels}
+    tables = {str(path): label_files.load_labels(path) for path in args.labels}
     reports = leakage.check_all_pairs(tables)
     leaking = [r for r in reports if r.leaks]
     if args.json:
@@ -73,11 +73,11 @@ def run_leakage(args: argparse.Namespace) -> int:
 
 
 def run_split(args: argparse.Namespace) -> int:
-    from pipeline import data, leakage
+    from pipeline.data import label_files, leakage
 
-    table = data.load_labels(args.labels)
+    table = label_files.load_labels(args.labels)
     parts = leakage.split(table, valid=args.valid, test=args.test, seed=args.seed, test_list=args.test_list)
-    written = data.write_splits(parts, args.out, names=args.names)
+    written = label_files.write_splits(parts, args.out, names=args.names)
     for name, path in written.items():
         part = parts[name]
         print(f"{name}: {len(part)} images, {part['PatientId'].nunique()} patients -> {path}")
@@ -85,7 +85,7 @@ def run_split(args: argparse.Namespace) -> int:
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    from pipeline import leakage
+    from pipeline.data import leakage
 
     report = leakage.audit_official_split(args.metadata, args.train_val_list, args.test_list, seed=args.seed)
     print(json.dumps(report, indent=2) if args.json else leakage.format_audit(report))

@@ -1,8 +1,8 @@
 """The `localize` command and `evaluate --reference`: flags, printing, exit codes.
 
 `add_commands` and `run_localize` make the ``localize`` command; `add_reference_argument` and
-`run_reference` the ``--reference`` option of ``evaluate``. The logic is in `pipeline.localize` and
-`pipeline.reference`.
+`run_reference` the ``--reference`` option of ``evaluate``. The logic is in `pipeline.explain.localization` and
+`pipeline.evaluation.expert_labels`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 
 def add_commands(commands: Any) -> argparse.ArgumentParser:
@@ -32,22 +32,23 @@ def add_commands(commands: Any) -> argparse.ArgumentParser:
 
 def run_localize(args: argparse.Namespace) -> int:
     """`python -m pipeline localize`: score the maps of a checkpoint against the boxes; write the result folder."""
-    from pipeline import localization, localize
-    from pipeline import model as model_lib
-    from pipeline.paths import box_list
+    from pipeline.core.paths import box_list
+    from pipeline.explain import localization, localization_folder
+    from pipeline.networks import densenet as model_lib
 
     if args.bootstrap < 0:
         raise InputError(f"--bootstrap must be 0 (no intervals) or more, got {args.bootstrap}")
     if not Path(args.images).is_dir():
         raise InputError(f"--images {args.images}: folder not found; give the folder holding the boxed images")
     model = model_lib.load(args.checkpoint)
-    heatmaps_of = localize.model_heatmaps(model)
-    result = localize.localize(heatmaps_of, args.boxes or _relative(box_list()), args.images, args.bootstrap, args.seed)
+    heatmaps_of = localization.model_heatmaps(model)
+    boxes = args.boxes or _relative(box_list())
+    result = localization.localize(heatmaps_of, boxes, args.images, args.bootstrap, args.seed)
     result.summary = {"checkpoint": str(args.checkpoint), **result.summary}
-    written = localize.write_localization(result, args.out)
-    print(json.dumps(result.summary, indent=2) if args.json else localization.format_summary(result.summary))
+    written = localization.write_localization(result, args.out)
+    print(json.dumps(result.summary, indent=2) if args.json else localization_folder.format_summary(result.summary))
     if not args.json:
-        print(f"wrote {written.name}, {localize.PER_BOX} and {len(result.gallery)} overlays to {args.out}")
+        print(f"wrote {written.name}, {localization.PER_BOX} and {len(result.gallery)} overlays to {args.out}")
     return 0
 
 
@@ -70,8 +71,10 @@ def add_reference_argument(evaluate_parser: argparse.ArgumentParser) -> None:
 
 def run_reference(args: argparse.Namespace) -> int:
     """`evaluate --reference`: AUCs against expert and NIH labels on the same images; writes reference.json."""
-    from pipeline import data, predict, reference, results
-    from pipeline.files import sha256_of, write_csv_atomic, write_json_atomic
+    from pipeline.core.files import sha256_of, write_csv_atomic, write_json_atomic
+    from pipeline.data import label_files
+    from pipeline.evaluation import expert_labels, results
+    from pipeline.inference import predict
 
     if args.bootstrap < 0:
         raise InputError(f"--bootstrap must be 0 (no intervals) or more, got {args.bootstrap}")
@@ -82,21 +85,21 @@ def run_reference(args: argparse.Namespace) -> int:
               if value is not None]
     if unused:
         raise InputError(f"{unused[0]} has no part in --reference, which reports AUCs only; leave it out")
-    path = reference.reference_file(args.reference)
-    expert = reference.load_expert_labels(path)
-    labels = reference.with_expert_labels(data.load_labels(args.labels), expert)
+    path = expert_labels.reference_file(args.reference)
+    expert = expert_labels.load_expert_labels(path)
+    labels = expert_labels.with_expert_labels(label_files.load_labels(args.labels), expert)
     if labels.empty:
         raise InputError(f"{Path(args.labels).name}: none of its images has an expert label in {path.name}; "
                          "the Google 2019 labels cover 4,376 images of the official test and validation lists")
     skipped: dict[str, str] = {}
     if args.checkpoint is not None:
-        from pipeline import model as model_lib
+        from pipeline.networks import densenet as model_lib
 
-        data.check_images_exist(labels, args.images, Path(args.labels).name)
+        label_files.check_images_exist(labels, args.images, Path(args.labels).name)
         predictions, skipped = predict.predict_table(model_lib.load(args.checkpoint), labels, args.images)
     else:
         predictions = results.read_predictions(args.predictions)
-    summary, per_image = reference.score(labels, predictions, expert, args.bootstrap, args.seed)
+    summary, per_image = expert_labels.score(labels, predictions, expert, args.bootstrap, args.seed)
     summary = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "checkpoint": str(args.checkpoint) if args.checkpoint is not None else None,
@@ -109,8 +112,8 @@ def run_reference(args: argparse.Namespace) -> int:
         **summary,
     }
     out = Path(args.out)
-    write_csv_atomic(per_image, out / reference.PER_IMAGE)
-    write_json_atomic(summary, out / reference.RESULT)
-    print(reference.format_summary(summary))
-    print(f"wrote {reference.RESULT} and {reference.PER_IMAGE} to {out}")
+    write_csv_atomic(per_image, out / expert_labels.PER_IMAGE)
+    write_json_atomic(summary, out / expert_labels.RESULT)
+    print(expert_labels.format_summary(summary))
+    print(f"wrote {expert_labels.RESULT} and {expert_labels.PER_IMAGE} to {out}")
     return 0

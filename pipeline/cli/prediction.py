@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -38,11 +38,13 @@ def run_predict(args: argparse.Namespace) -> int:
     ``{"image": path, "probabilities": {finding: p}, "in_distribution": bool, "typicality": t}`` (plus
     ``"ood_reason"`` when not in distribution and ``"gradcam": {finding: png}`` with ``--gradcam``).
     ``--gradcam DIR`` writes ``DIR/<name>_<finding>.png`` overlays of the ``--top`` most probable findings,
-    with names made unique across the batch (`pipeline.predict.overlay_stems`). Answers come from the run's
+    with names made unique across the batch (`pipeline.inference.predict.overlay_stems`). Answers come from the run's
     export when it is current (no TensorFlow). Returns 0 when every image was predicted, 2 when some could
     not be read (each reason is on stderr and the readable images are still predicted).
     """
-    from pipeline import gradcam, imaging, ood, predict, serving
+    from pipeline.data import imaging
+    from pipeline.explain import gradcam
+    from pipeline.inference import ood, predict, serving
 
     if args.top < 1:
         raise InputError(f"--top must be at least 1, got {args.top}")
@@ -77,12 +79,14 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """Add the inference export and the typicality statistics to a run folder; print what was written."""
-    from pipeline import datasets, model, serving
+    from pipeline.data import input_pipeline
+    from pipeline.inference import serving
+    from pipeline.networks import densenet
 
     checkpoint = args.run / "best.keras"
-    net = model.load(checkpoint)
-    sources = [datasets.open_source(path, args.images) for path in (args.train, args.valid)]
-    images = [datasets.sample(source, serving.MAX_STATS_IMAGES, model.input_size(net)) for source in sources]
+    net = densenet.load(checkpoint)
+    sources = [input_pipeline.open_source(path, args.images) for path in (args.train, args.valid)]
+    images = [input_pipeline.sample(source, serving.MAX_STATS_IMAGES, densenet.input_size(net)) for source in sources]
     summary = serving.add_serving_artifacts(args.run, net, images[0], images[1], checkpoint)
     print(json.dumps(summary, indent=2))
     return 0

@@ -1,4 +1,4 @@
-"""The `prepare` and `train` commands: their flags and the calls into `pipeline.prepare` and `pipeline.train`."""
+"""The `prepare` and `train` commands: their flags and the calls into `data.prepare` and `training.loop`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-STRATEGIES = ("auto", "one", "mirrored", "multi-worker")  # as pipeline.distribute.STRATEGIES, without importing TF
+STRATEGIES = ("auto", "one", "mirrored", "multi-worker")  # as distribution.STRATEGIES, without importing TF
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -49,7 +49,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from pipeline import prepare
+    from pipeline.data import prepare
 
     manifest = prepare.prepare(args.labels, args.images, args.out, args.image_size, workers=args.workers, log=_print)
     refused, shards = manifest["n_refused"], len(manifest["shards"])
@@ -63,9 +63,9 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from pipeline import train
+    from pipeline.training import loop
 
-    train.train(
+    loop.train(
         args.train,
         args.valid,
         args.images,

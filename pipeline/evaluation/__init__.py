@@ -1,0 +1,1 @@
+"""Metrics with intervals, the evaluation folder, evaluate, compare, and expert labels."""

@@ -1,0 +1,1 @@
+"""Grad-CAM and its localization against the NIH radiologist boxes."""

@@ -1,0 +1,1 @@
+"""Running a model: Keras prediction, the ONNX export and its runtime, the out-of-distribution guard."""

@@ -1,0 +1,25 @@
+"""Every figure of the toolkit (Plotly only: no Streamlit, no TensorFlow), for the dashboard, notebooks and
+``evaluate --plots``; one look for all (`style`). Submodules by what they show; the names below are the API.
+"""
+
+from pipeline.plots.dataset import bar_chart, cooccurrence_figure, prevalence_figure
+from pipeline.plots.evaluation import (
+    EVALUATION_PLOTS,
+    PLOTLY_JS,
+    Curves,
+    ap_legend,
+    auc_legend,
+    brier_legend,
+    calibration_figure,
+    pr_figure,
+    roc_figure,
+    write_evaluation_plots,
+)
+from pipeline.plots.style import NEGATIVE, NEUTRAL, POSITIVE, SERIES, format_ci, side_legend, style
+from pipeline.plots.training import training_figures
+
+__all__ = [
+    "EVALUATION_PLOTS", "NEGATIVE", "NEUTRAL", "PLOTLY_JS", "POSITIVE", "SERIES", "Curves", "ap_legend", "auc_legend",
+    "bar_chart", "brier_legend", "calibration_figure", "cooccurrence_figure", "format_ci", "pr_figure",
+    "prevalence_figure", "roc_figure", "side_legend", "style", "training_figures", "write_evaluation_plots",
+]

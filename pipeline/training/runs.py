@@ -1,0 +1,79 @@
+"""Find training runs, checkpoints and evaluations under an artifacts folder, and read what they record.
+
+The layout, written by `pipeline.training.loop` and `pipeline.evaluation.evaluate` (evaluation folders are read through
+`pipeline.evaluation.results`)::
+
+    artifacts/runs/<name>/config.json     how the run was made
+                          history.csv     one row per epoch
+                          best.keras      the checkpoint with the best validation AUC
+                          checkpoints/    one .keras per epoch
+                          eval-<set>/     metrics.json, predictions.csv, roc.csv, ...
+
+Any folder under the artifacts folder holding a ``metrics.json`` counts as an evaluation, so evaluations
+written elsewhere (e.g. ``artifacts/scratch/``) are found too. Only small text files are read here, never
+a model, so the dashboard can list runs without importing TensorFlow. The default artifacts folder is
+`pipeline.core.paths.artifacts_dir`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.core.errors import InputError, reason
+from pipeline.core.files import read_json_object
+
+DEMO_RUN = "densenet121-128-weighted"  # the run whose checkpoint ships with the repository (README, Demo model)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run folder: its checkpoints and evaluations, as paths."""
+
+    name: str
+    path: Path
+    checkpoint: Path | None  # best.keras, else the newest of checkpoints/*.keras
+    checkpoints: tuple[Path, ...]
+    evaluations: tuple[Path, ...]
+
+
+def find_runs(artifacts: str | Path) -> list[Run]:
+    """Every folder under ``<artifacts>/runs/`` with a config, a history, a checkpoint or an evaluation, by name."""
+    runs = []
+    for folder in sorted(Path(artifacts, "runs").glob("*/")):
+        checkpoints = tuple(sorted(folder.glob("checkpoints/[!.]*.keras"), key=lambda p: (p.stat().st_mtime, p.name)))
+        best = folder / "best.keras"
+        checkpoint = best if best.is_file() else (checkpoints[-1] if checkpoints else None)
+        evaluations = tuple(sorted(p.parent for p in folder.glob("*/metrics.json")))
+        has_record = (folder / "config.json").is_file() or (folder / "history.csv").is_file()
+        if checkpoint or evaluations or has_record:
+            runs.append(Run(folder.name, folder, checkpoint, checkpoints, evaluations))
+    return runs
+
+
+def find_evaluations(artifacts: str | Path) -> list[Path]:
+    """Every folder under ``artifacts`` that holds a ``metrics.json``, sorted by path."""
+    return sorted(path.parent for path in Path(artifacts).rglob("metrics.json"))
+
+
+def read_config(run_dir: str | Path) -> dict:
+    """The run's ``config.json``, or ``{}`` when the run has none."""
+    path = Path(run_dir) / "config.json"
+    return read_json_object(path, "rewrite or delete it") if path.is_file() else {}
+
+
+def read_history(run_dir: str | Path) -> pd.DataFrame | None:
+    """The run's ``history.csv`` (one row per epoch), or None when the run has none."""
+    path = Path(run_dir) / "history.csv"
+    if not path.is_file():
+        return None
+    try:
+        history = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        raise InputError(f"{path}: cannot be read as CSV ({reason(exc)}); the run may still be writing it") from None
+    if "epoch" not in history.columns:
+        raise InputError(f"{path}: no 'epoch' column; expected the history.csv written by `python -m pipeline train`")
+    return history
+

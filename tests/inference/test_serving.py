@@ -1,0 +1,179 @@
+"""The ONNX export answers as the .keras checkpoint does, and the command line serves from it without TensorFlow."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from conftest import IMAGES, NIH, REPO, TEST_DATA
+
+from pipeline.data import imaging
+from pipeline.data.label_files import load_labels
+from pipeline.inference import ood, serving
+from pipeline.networks import densenet
+
+DEMO = REPO / "artifacts" / "runs" / "densenet121-128-weighted"
+REAL = [IMAGES / "00000001_000.png", IMAGES / "00000002_000.png", TEST_DATA / "00000100_000.png"]
+
+
+@pytest.fixture(scope="module")
+def run(small_model, tmp_path_factory):
+    """A run folder with the small model's checkpoint, its export and typicality statistics."""
+    folder = tmp_path_factory.mktemp("run")
+    densenet.save(small_model, folder / "best.keras")
+    names = [load_labels(NIH / f"{part}.csv")["Image"] for part in ("train-small", "valid-small")]
+    summary = serving.add_serving_artifacts(
+        folder, small_model, [IMAGES / n for n in names[0][:40]], [IMAGES / n for n in names[1][:20]]
+    )
+    assert summary["valid_pass_rate"] >= ood.PASS_RATE and summary["train_images"] == 40
+    return folder
+
+
+def real_images() -> list[np.ndarray]:
+    paths = [path for path in REAL if path.is_file()]
+    assert len(paths) >= 2
+    return [imaging.load_image(path) for path in paths]
+
+
+def test_export_matches_the_checkpoint(run, small_model):
+    onnx_predictor = serving.load_predictor(run / "best.keras")
+    assert isinstance(onnx_predictor, serving.OnnxPredictor)
+    assert [i.name for i in onnx_predictor._session.get_inputs()] == ["image"]  # constants inside the graph
+    keras_predictor = serving.KerasPredictor(small_model)
+    images = real_images()
+    exported, reference = onnx_predictor.forward(images), keras_predictor.forward(images)
+    np.testing.assert_allclose(exported.probabilities, reference.probabilities, atol=1e-5)
+    np.testing.assert_allclose(exported.pooled, reference.pooled, atol=1e-5, rtol=1e-5)
+    for image, a, b in zip(images, serving.analyse(onnx_predictor, None, [imaging.load_decoded(p) for p in REAL]),
+                           serving.analyse(keras_predictor, None, [imaging.load_decoded(p) for p in REAL]),
+                           strict=True):
+        assert a.heatmaps.shape == (14, *image.shape)
+        np.testing.assert_allclose(a.heatmaps, b.heatmaps, atol=1e-5)
+
+
+def test_shipped_export_matches_the_shipped_checkpoint():
+    onnx_predictor = serving.load_predictor(DEMO / "best.keras")
+    assert onnx_predictor.source == "onnx"
+    keras_predictor = serving.KerasPredictor(densenet.load(DEMO / "best.keras"))
+    decoded = [imaging.load_decoded(path) for path in REAL]
+    for a, b in zip(serving.analyse(onnx_predictor, None, decoded), serving.analyse(keras_predictor, None, decoded),
+                    strict=True):
+        np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-5)
+        np.testing.assert_allclose(a.heatmaps, b.heatmaps, atol=1e-5)
+
+
+def test_a_stale_export_is_not_served(run, small_model, tmp_path):
+    for name in ("best.keras", "best.onnx", "best.onnx.json"):
+        shutil.copy(run / name, tmp_path / name)
+    assert serving.load_predictor(tmp_path / "best.keras").source == "onnx"
+    small_model.get_layer("predictions").bias.assign(np.full(14, 0.5, np.float32))
+    try:
+        densenet.save(small_model, tmp_path / "best.keras")  # retrained: the export no longer describes it
+    finally:
+        small_model.get_layer("predictions").bias.assign(np.zeros(14, np.float32))
+    assert serving.load_predictor(tmp_path / "best.keras").source == "keras"
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m pipeline ARGS`` in a fresh interpreter that also reports whether TensorFlow was imported."""
+    script = ("import sys\nfrom pipeline.cli import main\ncode = main(sys.argv[1:])\n"
+              "print('tensorflow imported:', 'tensorflow' in sys.modules)\nsys.exit(code)")
+    clean = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "CHESTXRAY_VERBOSE")}
+    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=REPO,
+                          env={**clean, **(env or {})}, timeout=300)
+
+
+def test_predict_json_serves_the_export_and_flags(run, tmp_path):
+    photo = np.zeros((400, 400, 3), np.uint8)
+    photo[:, :200] = (0, 180, 0)
+    cv2.imwrite(str(tmp_path / "photo.png"), photo)
+    photo_path = str(tmp_path / "photo.png")
+    result = run_cli("predict", "--checkpoint", str(run / "best.keras"), "--json", str(REAL[0]), photo_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # no TensorFlow start-up lines
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] == "tensorflow imported: False"
+    xray, flagged = (json.loads(line) for line in lines[:2])
+    assert xray["in_distribution"] is True and xray["typicality"] >= 1 and "ood_reason" not in xray
+    assert flagged["in_distribution"] is False and "colour image" in flagged["ood_reason"]
+    assert set(xray["probabilities"]) == set(flagged["probabilities"]) and len(xray["probabilities"]) == 14
+
+
+def test_predict_text_marks_flagged_rows_and_overlays_never_collide(run, tmp_path):
+    for folder, source in (("a", REAL[0]), ("b", REAL[1])):
+        (tmp_path / folder).mkdir()
+        shutil.copy(source, tmp_path / folder / "x.png")
+    cv2.imwrite(str(tmp_path / "flat.png"), np.full((300, 300), 90, np.uint8))
+    images = [str(tmp_path / "a" / "x.png"), str(tmp_path / "b" / "x.png"), str(tmp_path / "flat.png")]
+    result = run_cli("predict", "--checkpoint", str(run / "best.keras"), "--gradcam", str(tmp_path / "cams"),
+                     "--top", "1", *images)
+    assert result.returncode == 0, result.stderr
+    assert "OUT OF DISTRIBUTION: a nearly uniform image" in result.stdout
+    overlays = sorted(p.name for p in (tmp_path / "cams").iterdir())
+    assert len(overlays) == 3 and overlays[0].startswith("a_x_") and overlays[1].startswith("b_x_")
+
+
+def test_predict_without_export_is_quiet_unless_verbose(small_checkpoint):
+    image = str(REAL[0])
+    quiet = run_cli("predict", "--checkpoint", str(small_checkpoint), image)
+    assert quiet.returncode == 0 and "tensorflow imported: True" in quiet.stdout
+    assert quiet.stderr == "", quiet.stderr
+    verbose = run_cli("--verbose", "predict", "--checkpoint", str(small_checkpoint), image)
+    assert verbose.returncode == 0 and verbose.stderr != ""
+    by_env = run_cli("predict", "--checkpoint", str(small_checkpoint), image, env={"CHESTXRAY_VERBOSE": "1"})
+    assert by_env.returncode == 0 and by_env.stderr != ""
+
+
+def test_evaluate_counts_flagged_images(run, tmp_path):
+    from pipeline.cli import main
+
+    labels = load_labels(NIH / "test.csv").head(6)
+    (tmp_path / "images").mkdir()
+    for name in labels["Image"]:
+        shutil.copy(IMAGES / name, tmp_path / "images" / name)
+    inverted = labels["Image"].iloc[0]
+    cv2.imwrite(str(tmp_path / "images" / inverted), 255 - cv2.imread(str(IMAGES / inverted), cv2.IMREAD_GRAYSCALE))
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    assert main(["evaluate", "--checkpoint", str(run / "best.keras"), "--labels", str(tmp_path / "labels.csv"),
+                 "--images", str(tmp_path / "images"), "--out", str(tmp_path / "eval"), "--bootstrap", "0"]) == 0
+    notes = json.loads((tmp_path / "eval" / "metrics.json").read_text())["notes"]
+    assert any(note.startswith("1 of 6 images flagged out of distribution") and inverted in note for note in notes)
+
+
+def test_png_and_8bit_dicom_of_the_same_pixels_predict_the_same(tmp_path):
+    from test_imaging import dicom_bytes
+
+    pixels = imaging.load_image(IMAGES / "00000002_000.png")
+    pixels = (pixels // 2 + 60).astype(np.uint8)  # not spanning 0-255, as most 8-bit exports
+    cv2.imwrite(str(tmp_path / "x.png"), pixels)
+    (tmp_path / "x.dcm").write_bytes(dicom_bytes(pixels))
+    predictor = serving.load_predictor(DEMO / "best.keras")
+    decoded = [imaging.load_decoded(tmp_path / name) for name in ("x.png", "x.dcm")]
+    np.testing.assert_array_equal(decoded[0], decoded[1])
+    png, dcm = serving.analyse(predictor, None, decoded)
+    np.testing.assert_allclose(png.probabilities, dcm.probabilities, atol=1e-5)
+    np.testing.assert_allclose(png.heatmaps, dcm.heatmaps, atol=1e-5)
+
+
+def test_export_command_adds_both_files_to_a_run(small_model, tmp_path, capsys):
+    from pipeline.cli import main
+
+    labels = {part: load_labels(NIH / f"{part}.csv") for part in ("train-small", "valid-small")}
+    labels["train-small"].head(12).to_csv(tmp_path / "train.csv", index=False)
+    labels["valid-small"].head(5).to_csv(tmp_path / "valid.csv", index=False)
+    argv = ["export", "--run", str(tmp_path / "run"), "--train", str(tmp_path / "train.csv"),
+            "--valid", str(tmp_path / "valid.csv"), "--images", str(IMAGES)]
+    assert main(argv) == 2  # no checkpoint yet: one line, no traceback
+    assert "checkpoint not found" in capsys.readouterr().err
+    densenet.save(small_model, tmp_path / "run" / "best.keras")
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["train_images"] == 12 and summary["valid_pass_rate"] == 1.0
+    assert {p.name for p in (tmp_path / "run").iterdir()} >= {"best.onnx", "best.onnx.json", ood.STATS_FILE,
+                                                              ood.INFO_FILE}

@@ -39,6 +39,7 @@ from pipeline.evaluation.results import (
     read_predictions,
     read_thresholds,
     write_evaluation,
+    write_subgroups,
 )
 
 if TYPE_CHECKING:
@@ -62,6 +63,9 @@ def evaluate_files(
     seed: int = 0,
     plots: bool = False,
     warn: Callable[[str], None] | None = None,
+    subgroups: bool = True,
+    age_edges: Sequence[int] = (20, 40, 60, 80),
+    subgroup_min: int = 10,
 ) -> Evaluation:
     """Evaluate a checkpoint's (or a CSV's) predictions of a label file and write the evaluation folder ``out``.
 
@@ -86,6 +90,10 @@ def evaluate_files(
         Also write the ROC, PR and calibration figures as HTML (`pipeline.plots.write_evaluation_plots`).
     warn
         Called with a one-line warning when some images cannot be read and are left out.
+    subgroups, age_edges, subgroup_min
+        The subgroup audit (`pipeline.evaluation.subgroups`), on wherever ages, sexes and views are known (the
+        label file's own, else the shipped NIH metadata): it costs seconds and answers "who does the model
+        fail?" for every model evaluated. Its age group boundaries and the fewest positives a number may rest on.
 
     Returns
     -------
@@ -104,6 +112,8 @@ def evaluate_files(
     if sum(x is not None for x in (valid_predictions, valid_labels, thresholds_file)) > 1:
         raise InputError("give at most one of `valid_predictions`, `valid_labels` and `thresholds_file`")
     check_bootstrap(n_bootstrap)
+    if subgroups:
+        _check_subgroup_options(age_edges, subgroup_min)
     target = target_sensitivity
     if target is not None and not (0 < target <= 1 and (valid_predictions or valid_labels)):
         raise InputError(
@@ -186,11 +196,16 @@ def evaluate_files(
     summary.labels_file = str(labels_file)
     summary.labels_sha256 = prepared.sha256 if prepared is not None else sha256_of(labels_file)
     summary.skipped_images = skipped
+    audit, metadata = (_subgroup_audit(evaluation, age_edges, subgroup_min, n_bootstrap, seed) if subgroups
+                       else (None, None))
     write_evaluation(evaluation, out)
+    write_subgroups(audit, metadata, out)
     if plots:
         from pipeline import plots as figures
 
         figures.write_evaluation_plots(evaluation, out)
+        if audit is not None:
+            figures.write_subgroup_plots(audit, out)
     return evaluation
 
 
@@ -398,6 +413,30 @@ def _validation_folder(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, str]:
         )
     labels = label_files.load_labels(labels_file)
     return labels, align(labels, read_predictions(file), str(labels_file), str(file)), str(path)
+
+
+# --- the subgroup audit (issue 18) ---------------------------------------------------------------------------------
+
+
+def _check_subgroup_options(age_edges: Sequence[int], subgroup_min: int) -> None:
+    """The audit's options, checked before any (slow) prediction."""
+    from pipeline.evaluation.subgroups import check_age_edges
+
+    check_age_edges(age_edges)
+    if subgroup_min < 1:
+        raise InputError(f"`subgroup_min` {subgroup_min}: give 1 or more (the fewest positives a number may rest on)",
+                         "subgroup_min")
+
+
+def _subgroup_audit(evaluation: Evaluation, age_edges: Sequence[int], subgroup_min: int, n_bootstrap: int,
+                    seed: int) -> tuple[Any, pd.DataFrame | None]:
+    """The audit and its metadata table (None, None without metadata); a note on it goes into metrics.json."""
+    from pipeline.evaluation import subgroups
+
+    audit, metadata, note = subgroups.audit_evaluation(
+        evaluation, age_edges=age_edges, min_count=subgroup_min, n_bootstrap=n_bootstrap, seed=seed)
+    evaluation.summary.notes.append(note)
+    return audit, metadata
 
 
 # --- small helpers, shared with pipeline.evaluation.compare ------------------------------------------------------

@@ -17,6 +17,9 @@ calls the metric once per group and resample in Python, gives no gap to the *res
 would add fairlearn and scikit-learn to the runtime dependencies. Here one ``bincount`` per resample chunk,
 attribute and finding counts every group's confusion cells, on the very resamples of `metrics.resample_indices`
 that the evaluation's AUC intervals use, and `metrics.grouped_bootstrap_auc` does the same for the AUCs.
+
+About 430 lines, kept whole: the grouping, the counting on shared resamples, the rates, the comparison of two
+models' gaps and the table for pages all rest on one layout of confusion cells; split, each part would restate it.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from pipeline.core import paths
 from pipeline.core.errors import InputError, first_items
 from pipeline.core.findings import FINDINGS
 from pipeline.evaluation import metrics
-from pipeline.evaluation.results import Rate, Subgroup, SubgroupAudit, SubgroupFinding
+from pipeline.evaluation.results import Evaluation, Rate, Subgroup, SubgroupAudit, SubgroupFinding
 
 DEFAULT_AGE_EDGES = (20, 40, 60, 80)
 DEFAULT_MIN_COUNT = 10
@@ -107,7 +110,7 @@ def check_age_edges(age_edges: Sequence[int]) -> list[int]:
     edges = [int(edge) for edge in age_edges]
     if not edges or edges != sorted(set(edges)) or edges[0] <= 0 or edges[-1] >= MAX_AGE or edges != list(age_edges):
         raise InputError(
-            f"age_edges {list(age_edges)}: give increasing whole years between 0 and {MAX_AGE}, e.g. 20,40,60,80"
+            f"`age_edges` {list(age_edges)}: give increasing whole years between 0 and {MAX_AGE}, e.g. 20,40,60,80"
         )
     return edges
 
@@ -251,6 +254,32 @@ def audit(labels: pd.DataFrame, predictions: pd.DataFrame, thresholds: Mapping[s
     return result
 
 
+def audit_evaluation(evaluation: Evaluation, *, metadata_file: str | Path | None = None,
+                     age_edges: Sequence[int] = DEFAULT_AGE_EDGES, min_count: int = DEFAULT_MIN_COUNT,
+                     n_bootstrap: int = 1000, seed: int = 0) -> tuple[SubgroupAudit | None, pd.DataFrame | None, str]:
+    """The audit of an evaluation at its thresholds, for `pipeline.evaluation.evaluate.evaluate_files`.
+
+    Returns
+    -------
+    audit, metadata, note
+        The audit and the Image, Sex, Age, View table it used; or (None, None, why) when no metadata file is
+        there or none of the images is in it: then ``note`` says the audit was left out and why.
+    """
+    check_age_edges(age_edges)
+    labels = evaluation.labels
+    try:
+        meta, source = attach_metadata(labels, metadata_file)
+    except InputError as exc:
+        return None, None, f"no subgroup audit: {exc}"
+    if meta[["Sex", "Age", "View"]].isna().all(axis=None):
+        return None, None, (f"no subgroup audit: none of the {len(labels)} images has an age, sex or view in "
+                            f"{source.split(',')[0]} (e.g. {labels['Image'].iloc[0]})")
+    result = audit(labels, evaluation.predictions, evaluation.summary.thresholds, meta, metadata=source,
+                   age_edges=age_edges, min_count=min_count, n_bootstrap=n_bootstrap, seed=seed)
+    return result, meta, f"subgroup audit of {len(labels)} images by sex, age, view and sex x age (ages, sexes " \
+                         f"and views from {source})"
+
+
 def audit_notes(result: SubgroupAudit) -> list[str]:
     """The honesty lines of an audit: how many images, which were left out of what and why, the "too few" cells."""
     n = result.n_images
@@ -338,3 +367,91 @@ def _finite(value: float) -> float | None:
 def _interval(samples: np.ndarray) -> list[float] | None:
     bounds = metrics.percentile_interval(samples) if len(samples) else None
     return None if bounds is None else list(bounds)
+
+
+def gap_differences(labels: pd.DataFrame, meta: pd.DataFrame, reference: tuple[pd.DataFrame, Mapping[str, float]],
+                    other: tuple[pd.DataFrame, Mapping[str, float]], *, age_edges: Sequence[int] = DEFAULT_AGE_EDGES,
+                    min_count: int = DEFAULT_MIN_COUNT, n_bootstrap: int = 1000, seed: int = 0) -> list[dict]:
+    """Whether two models' subgroup gaps differ, on the same images: paired bootstrap of gap(other) - gap(reference).
+
+    ``reference`` and ``other`` are (predictions aligned with ``labels``, thresholds). Gaps compared: under- and
+    overdiagnosis, and each finding's sensitivity, of every subgroup where the labels give the group and its rest
+    at least ``min_count`` of the denominator (the same for both models). ``differ`` is True when the 95%
+    interval of the difference excludes 0, None without resamples.
+    """
+    attributes, _ = group_images(meta, age_edges)
+    models = [truth_and_calls(labels, predictions, thresholds) for predictions, thresholds in (reference, other)]
+    cells = [count_cells(attributes, truth, called, n_bootstrap, seed) for truth, called in models]
+    measures = [("underdiagnosis", "any", len(FINDINGS), "sensitivity", "positives", -1.0),
+                ("overdiagnosis", "any", len(FINDINGS), "fpr", "negatives", 1.0),
+                *[("sensitivity", f, j, "sensitivity", "positives", 1.0) for j, f in enumerate(FINDINGS)]]
+    rows = []
+    for a, attribute in enumerate(attributes):
+        now = [rates(c[0][a]) for c in cells]
+        boot = [rates(c[1][a]) for c in cells]
+        for g, name in enumerate(attribute.groups):
+            for measure, finding, j, rate, denominator, sign in measures:
+                if min(now[0][denominator][g, j], now[0][f"rest_{denominator}"][g, j]) < min_count:
+                    continue
+                gaps = [sign * (r[rate][g, j] - r[f"rest_{rate}"][g, j]) for r in now]
+                samples = sign * ((boot[1][rate] - boot[1][f"rest_{rate}"]) - (boot[0][rate] - boot[0][f"rest_{rate}"]))
+                ci = _interval(samples[:, g, j]) if n_bootstrap else None
+                rows.append({"attribute": attribute.name, "group": name, "measure": measure, "finding": finding,
+                             "gap_reference": _finite(gaps[0]), "gap": _finite(gaps[1]),
+                             "difference": _finite(gaps[1] - gaps[0]), "difference_ci": ci,
+                             "differ": None if ci is None else not ci[0] <= 0 <= ci[1]})
+    return rows
+
+
+def summary_table(audit: SubgroupAudit, finding: str | None = None) -> pd.DataFrame:
+    """One row per subgroup, each number as "value (95% CI low-high)" or why it is withheld, for pages.
+
+    Without ``finding``: under- and overdiagnosis with their gaps; with one: its AUC, sensitivity and
+    false-positive rate with gaps.
+    """
+    def text(value: float | None, interval: list[float] | None, signed: bool = False) -> str:
+        number = f"{value:+.3f}" if signed else f"{value:.3f}"
+        return number + (f" ({interval[0]:+.3f} to {interval[1]:+.3f})" if signed and interval else
+                         f" ({interval[0]:.3f}-{interval[1]:.3f})" if interval else "")
+
+    measures = ["underdiagnosis", "overdiagnosis"] if finding is None else ["auc", "sensitivity", "fpr"]
+    names = {"underdiagnosis": "Underdiagnosis", "overdiagnosis": "Overdiagnosis", "auc": "AUC",
+             "sensitivity": "Sensitivity", "fpr": "False-positive rate"}
+    rows = []
+    for group in audit.groups:
+        row: dict[str, object] = {"Subgroup": f"{group.attribute}: {group.name}", "Images": group.n_images}
+        if finding is None:
+            row |= {"Abnormal": group.n_abnormal, "Normal": group.n_normal}
+        else:
+            cell = group.findings[finding]
+            row |= {"Positives": cell.n_positive, "Negatives": cell.n_negative}
+        for measure in measures:
+            rate = getattr(group, measure) if finding is None else getattr(group.findings[finding], measure)
+            shown = rate.too_few or ("undefined" if rate.value is None else text(rate.value, rate.ci))
+            row[f"{names[measure]} (95% CI)"] = shown
+            if measure != "auc":
+                row[f"{names[measure]} gap to rest (95% CI)"] = "" if rate.gap is None else text(
+                    rate.gap, rate.gap_ci, signed=True)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def audit_folder(eval_dir: str | Path, *, metadata_file: str | Path | None = None,
+                 age_edges: Sequence[int] = DEFAULT_AGE_EDGES, min_count: int = DEFAULT_MIN_COUNT) -> SubgroupAudit:
+    """Add the subgroup files to an existing evaluation folder from its own labels, predictions and thresholds.
+
+    For evaluations written before the audit existed; metrics.json is left as it is, and the resamples and
+    seed are the ones its AUC intervals used. `InputError` when no image has an age, sex or view.
+    """
+    from pipeline.evaluation.results import read_metrics, read_scored, write_subgroups
+
+    summary = read_metrics(eval_dir)
+    labels, predictions = read_scored(eval_dir)
+    evaluation = Evaluation(summary, predictions, labels, pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
+    result, meta, note = audit_evaluation(evaluation, metadata_file=metadata_file, age_edges=age_edges,
+                                          min_count=min_count, n_bootstrap=summary.bootstrap.n_resamples,
+                                          seed=summary.bootstrap.seed)
+    if result is None:
+        raise InputError(f"{eval_dir}: {note}")
+    write_subgroups(result, meta, eval_dir)
+    return result

@@ -218,7 +218,7 @@ def show_subgroups(name: str, folder: Path, summary: Summary) -> None:
         return
     thresholds = summary.threshold_source.describe(summary.target_sensitivity)
     st.caption(
-        f"Measured on {data_of(summary)} at its operating thresholds ({thresholds}); "
+        f"Measured on {data_of(summary)} at its operating thresholds, {thresholds}; "
         f"ages, sexes and views from {audit.metadata}. Each row says how many images the subgroup has. "
         f"A number resting on fewer than {audit.min_count} positives (or negatives) shows \"too few\". "
         f"Gap = subgroup - the other images of the same attribute, with the gap's own bootstrap interval "

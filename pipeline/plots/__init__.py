@@ -17,6 +17,7 @@ from pipeline.plots.evaluation import (
 )
 from pipeline.plots.style import NEGATIVE, NEUTRAL, POSITIVE, SERIES, format_ci, side_legend, style
 from pipeline.plots.subgroups import (
+    GAP_MEASURES,
     SUBGROUP_PLOTS,
     subgroup_auc_figure,
     subgroup_gap_figure,
@@ -28,5 +29,5 @@ __all__ = [
     "EVALUATION_PLOTS", "NEGATIVE", "NEUTRAL", "PLOTLY_JS", "POSITIVE", "SERIES", "Curves", "ap_legend", "auc_legend",
     "bar_chart", "brier_legend", "calibration_figure", "cooccurrence_figure", "format_ci", "pr_figure",
     "prevalence_figure", "roc_figure", "side_legend", "style", "training_figures", "write_evaluation_plots",
-    "SUBGROUP_PLOTS", "subgroup_auc_figure", "subgroup_gap_figure", "write_subgroup_plots",
+    "GAP_MEASURES", "SUBGROUP_PLOTS", "subgroup_auc_figure", "subgroup_gap_figure", "write_subgroup_plots",
 ]

@@ -186,3 +186,107 @@ def test_bad_age_edges_and_min_count_are_one_line_input_errors():
         run_audit(labels, predictions, age_edges=(40, 20))
     with pytest.raises(InputError, match="min_count 0"):
         run_audit(labels, predictions, min_count=0)
+
+
+# --- through the command line: evaluate writes and prints the audit, compare compares gaps -----------------------
+
+
+def write_nih_labels(labels: pd.DataFrame, path):
+    """A canonical table with Sex, Age, View as an NIH Data_Entry CSV (its own age, sex and view)."""
+    findings = labels[list(FINDINGS)].to_numpy().astype(bool)
+    nih = pd.DataFrame({
+        "Image Index": labels["Image"],
+        "Finding Labels": ["|".join(f for f, on in zip(FINDINGS, row, strict=True) if on) or "No Finding"
+                           for row in findings],
+        "Patient ID": labels["PatientId"], "Patient Age": labels["Age"], "Patient Gender": labels["Sex"],
+        "View Position": labels["View"],
+    })
+    nih.to_csv(path, index=False)
+    return path
+
+
+def test_evaluate_writes_prints_and_plots_the_audit(tmp_path, capsys):
+    from conftest import run_main, write_predictions
+
+    predictions = write_predictions(TEST_LABELS, tmp_path / "preds.csv")
+    out = tmp_path / "eval"
+    code, printed, err = run_main(capsys, "evaluate", "--predictions", predictions, "--labels", TEST_LABELS,
+                                  "--out", out, "--bootstrap", "50", "--plots", "--subgroup-min", "5")
+    assert code == 0, err
+    assert "subgroups of 55 images" in printed and "sex: female" in printed and "too few (" in printed
+    assert "far too few for conclusions" in printed
+    for name in (*results.SUBGROUP_FILES, "subgroups_auc.html", "subgroups_gaps.html"):
+        assert (out / name).is_file(), name
+    audit = results.read_subgroups(out)
+    assert audit.min_count == 5 and audit.n_resamples == 50
+    assert any(note.startswith("subgroup audit of 55 images") for note in results.read_metrics(out).notes)
+
+    code, printed, _ = run_main(capsys, "evaluate", "--predictions", predictions, "--labels", TEST_LABELS,
+                                "--out", out, "--bootstrap", "0", "--no-subgroups")
+    assert code == 0 and "subgroups of" not in printed
+    assert not any((out / name).exists() for name in results.SUBGROUP_FILES)  # no stale audit left behind
+
+
+@pytest.mark.parametrize(("flags", "words"), [
+    (["--age-groups", "40,20"], ["--age-groups", "increasing whole years"]),
+    (["--subgroup-min", "0"], ["--subgroup-min", "1 or more"]),
+])
+def test_bad_subgroup_flags_are_one_line_errors(tmp_path, capsys, flags, words):
+    from conftest import assert_one_line_error, run_main, write_predictions
+
+    predictions = write_predictions(TEST_LABELS, tmp_path / "preds.csv")
+    code, _, err = run_main(capsys, "evaluate", "--predictions", predictions, "--labels", TEST_LABELS,
+                            "--out", tmp_path / "eval", *flags)
+    assert_one_line_error(code, err, *words)
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+def test_without_the_metadata_evaluate_still_works_and_says_why_there_is_no_audit(tmp_path, capsys, monkeypatch):
+    from conftest import run_main, write_predictions
+
+    predictions = write_predictions(TEST_LABELS, tmp_path / "preds.csv")
+    monkeypatch.setenv("CHESTXRAY_NIH", str(tmp_path / "nowhere"))
+    code, _, err = run_main(capsys, "evaluate", "--predictions", predictions, "--labels", TEST_LABELS,
+                            "--out", tmp_path / "eval", "--bootstrap", "0")
+    assert code == 0, err
+    assert results.read_subgroups(tmp_path / "eval") is None
+    assert any(note.startswith("no subgroup audit: ") and "NIH metadata not found" in note
+               for note in results.read_metrics(tmp_path / "eval").notes)
+
+
+def test_compare_reports_whether_two_models_gaps_differ(tmp_path, capsys):
+    from conftest import run_main
+
+    labels, biased = constructed(400)
+    fair = biased.copy()  # the same women; men now detected as often as women (0.9) and with their 0.1 alarms
+    men = labels["Sex"] == "M"
+    for positive, rate in ((1, 0.9), (0, 0.1)):
+        rows = np.flatnonzero(men & (labels["Atelectasis"] == positive))
+        fair.loc[rows, "Atelectasis"] = np.where(np.arange(len(rows)) < round(rate * len(rows)), 0.8, 0.2)
+    labels_csv = write_nih_labels(labels, tmp_path / "labels.csv")
+    for name, table in (("biased", biased), ("fair", fair)):
+        table.to_csv(tmp_path / f"{name}.csv", index=False)
+        code, _, err = run_main(capsys, "evaluate", "--predictions", tmp_path / f"{name}.csv", "--labels",
+                                labels_csv, "--out", tmp_path / name, "--bootstrap", "200",
+                                "--thresholds", threshold_file(tmp_path))
+        assert code == 0, err
+    assert results.read_subgroups(tmp_path / "biased").metadata == "the label file's own age, sex and view"
+    code, printed, err = run_main(capsys, "compare", tmp_path / "biased", tmp_path / "fair", "--bootstrap", "200")
+    assert code == 0, err
+    assert "subgroup gaps (group - rest) compared:" in printed and "sex: female" in printed
+    from pipeline.evaluation import compare
+
+    rows = compare.compare([tmp_path / "biased", tmp_path / "fair"], n_bootstrap=200)["comparisons"][0]["subgroup_gaps"]
+    women = {(r["measure"], r["finding"]): r for r in rows if r["attribute"] == "sex" and r["group"] == "female"}
+    sensitivity = women[("sensitivity", "Atelectasis")]
+    assert sensitivity["gap_reference"] == pytest.approx(0.3) and sensitivity["gap"] == pytest.approx(0.0)
+    assert sensitivity["difference"] == pytest.approx(-0.3) and sensitivity["differ"] is True
+    assert sensitivity["difference_ci"][0] <= -0.3 <= sensitivity["difference_ci"][1]
+    assert women[("underdiagnosis", "any")]["difference"] == pytest.approx(0.3)
+    assert women[("underdiagnosis", "any")]["differ"] is True
+
+
+def threshold_file(folder):
+    path = folder / "thresholds.json"
+    path.write_text(pd.Series(THRESHOLDS).to_json())
+    return path

@@ -8,13 +8,16 @@ An evaluation folder is self-describing; the dashboard, `evaluation.compare` and
   operating threshold and sensitivity, specificity, PPV, NPV, F1 and confusion counts there, Brier score and
   calibration; the macro mean AUC with its interval; where the predictions, labels and thresholds came from;
 - ``roc.csv``, ``pr.csv``, ``calibration.csv``: the curves, so that plots need no recomputation;
-- with ``evaluate --plots``, ``roc.html``, ``pr.html``, ``calibration.html``: the figures of `pipeline.plots`.
+- with ``evaluate --plots``, ``roc.html``, ``pr.html``, ``calibration.html``: the figures of `pipeline.plots`;
+- where ages, sexes and views are known, the subgroup audit (`pipeline.evaluation.subgroups`): ``subgroups.json``
+  (`SubgroupAudit`, `read_subgroups`), ``subgroups.csv`` (one row per subgroup, finding and measure) and
+  ``subgroup_metadata.csv`` (the Image, Sex, Age, View it used); with ``--plots`` its two forest plots.
 
 Each file is written through a temporary file and a rename, and ``metrics.json`` last, so a folder with a
 ``metrics.json`` is complete. `Summary.to_json` writes the keys in the order earlier versions wrote them, so
 ``metrics.json`` stays byte for byte what it was. Imports no TensorFlow.
 
-About 400 lines, kept whole on purpose: every file format of an evaluation folder (and the predictions CSV and
+About 560 lines, kept whole on purpose: every file format of an evaluation folder (and the predictions CSV and
 thresholds JSON users hand to ``evaluate``, which share them) is defined, read and written here and nowhere else.
 """
 

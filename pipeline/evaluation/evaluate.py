@@ -41,6 +41,7 @@ from pipeline.evaluation.results import (
     write_evaluation,
     write_subgroups,
 )
+from pipeline.evaluation.subgroups import DEFAULT_AGE_EDGES, DEFAULT_MIN_COUNT, audit_evaluation, check_age_edges
 
 if TYPE_CHECKING:
     import keras
@@ -64,8 +65,8 @@ def evaluate_files(
     plots: bool = False,
     warn: Callable[[str], None] | None = None,
     subgroups: bool = True,
-    age_edges: Sequence[int] = (20, 40, 60, 80),
-    subgroup_min: int = 10,
+    age_edges: Sequence[int] = DEFAULT_AGE_EDGES,
+    subgroup_min: int = DEFAULT_MIN_COUNT,
 ) -> Evaluation:
     """Evaluate a checkpoint's (or a CSV's) predictions of a label file and write the evaluation folder ``out``.
 
@@ -422,8 +423,6 @@ def _validation_folder(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, str]:
 
 def _check_subgroup_options(age_edges: Sequence[int], subgroup_min: int) -> None:
     """The audit's options, checked before any (slow) prediction."""
-    from pipeline.evaluation.subgroups import check_age_edges
-
     check_age_edges(age_edges)
     if subgroup_min < 1:
         raise InputError(f"`subgroup_min` {subgroup_min}: give 1 or more (the fewest positives a number may rest on)",
@@ -433,9 +432,7 @@ def _check_subgroup_options(age_edges: Sequence[int], subgroup_min: int) -> None
 def _subgroup_audit(evaluation: Evaluation, age_edges: Sequence[int], subgroup_min: int, n_bootstrap: int,
                     seed: int) -> tuple[Any, pd.DataFrame | None]:
     """The audit and its metadata table (None, None without metadata); a note on it goes into metrics.json."""
-    from pipeline.evaluation import subgroups
-
-    audit, metadata, note = subgroups.audit_evaluation(
+    audit, metadata, note = audit_evaluation(
         evaluation, age_edges=age_edges, min_count=subgroup_min, n_bootstrap=n_bootstrap, seed=seed)
     evaluation.summary.notes.append(note)
     return audit, metadata

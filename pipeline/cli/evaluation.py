@@ -73,15 +73,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
         target_sensitivity=args.target_sensitivity,
         n_bootstrap=args.bootstrap,
         seed=args.seed,
-        plots=args.plots,
         warn=warn,
     )
-    print(format_metrics(evaluation.summary))
     written = [PREDICTIONS_CSV, LABELS_CSV, METRICS_JSON, ROC_CSV, PR_CSV, CALIBRATION_CSV]
     if args.plots:
-        from pipeline.plots import EVALUATION_PLOTS
+        from pipeline.plots import EVALUATION_PLOTS, write_evaluation_plots
 
+        write_evaluation_plots(evaluation, args.out)
         written += list(EVALUATION_PLOTS)
+    print(format_metrics(evaluation.summary))
     print(f"wrote {', '.join(written)} to {args.out}")
     return 0
 

@@ -61,7 +61,6 @@ def evaluate_files(
     target_sensitivity: float | None = None,
     n_bootstrap: int = 1000,
     seed: int = 0,
-    plots: bool = False,
     warn: Callable[[str], None] | None = None,
 ) -> Evaluation:
     """Evaluate a checkpoint's (or a CSV's) predictions of a label file and write the evaluation folder ``out``.
@@ -83,15 +82,13 @@ def evaluate_files(
         With validation data: the thresholds reaching this sensitivity instead of maximising Youden's J.
     n_bootstrap, seed
         Bootstrap resamples for the AUC intervals (0: none) and their seed.
-    plots
-        Also write the ROC, PR and calibration figures as HTML (`pipeline.plots.write_evaluation_plots`).
     warn
         Called with a one-line warning when some images cannot be read and are left out.
 
     Returns
     -------
     Evaluation
-        As written to ``out``.
+        As written to ``out``; `pipeline.plots.write_evaluation_plots` adds its figures as HTML.
     """
     _check_arguments(labels_file, checkpoint, images, predictions_file, valid_predictions, valid_labels,
                      thresholds_file, target_sensitivity, n_bootstrap)
@@ -125,10 +122,6 @@ def evaluate_files(
         skipped=scored.skipped,
     )
     write_evaluation(evaluation, out)
-    if plots:
-        from pipeline import plots as figures
-
-        figures.write_evaluation_plots(evaluation, out)
     return evaluation
 
 

@@ -74,16 +74,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
         target_sensitivity=args.target_sensitivity,
         n_bootstrap=args.bootstrap,
         seed=args.seed,
-        plots=args.plots,
         warn=warn,
         **subgroup_options(args),
     )
-    print(format_metrics(evaluation.summary))
     written = [PREDICTIONS_CSV, LABELS_CSV, METRICS_JSON, ROC_CSV, PR_CSV, CALIBRATION_CSV]
     if args.plots:
-        from pipeline.plots import EVALUATION_PLOTS
+        from pipeline.plots import EVALUATION_PLOTS, write_evaluation_plots
 
+        write_evaluation_plots(evaluation, args.out)
         written += list(EVALUATION_PLOTS)
+    print(format_metrics(evaluation.summary))
     written += print_subgroups(args.out, args.plots)
     print(f"wrote {', '.join(written)} to {args.out}")
     return 0
@@ -118,7 +118,8 @@ def _age_edges(text: str) -> tuple[int, ...]:
 
 
 def print_subgroups(out: Path, plots: bool) -> list[str]:
-    """Print the audit an evaluation folder holds, if any; return the file names it added."""
+    """Print the audit an evaluation folder holds, if any, and with ``plots`` write its figures; return the file
+    names it added."""
     from pipeline.evaluation import results
 
     audit = results.read_subgroups(out)
@@ -128,8 +129,9 @@ def print_subgroups(out: Path, plots: bool) -> list[str]:
     print(format_subgroups(audit))
     written = [results.SUBGROUPS_JSON, results.SUBGROUPS_CSV, results.SUBGROUP_METADATA_CSV]
     if plots:
-        from pipeline.plots import SUBGROUP_PLOTS
+        from pipeline.plots import SUBGROUP_PLOTS, write_subgroup_plots
 
+        write_subgroup_plots(audit, out)
         written += list(SUBGROUP_PLOTS)
     return written
 

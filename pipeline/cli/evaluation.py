@@ -42,7 +42,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--plots", action="store_true", help="also write roc.html, pr.html and calibration.html (work offline)"
+        "--plots", action="store_true",
+        help="also write roc.html, pr.html, calibration.html and the subgroup forest plots (work offline)",
     )
     add_subgroup_flags(p)
     p.set_defaults(func=run_evaluate)

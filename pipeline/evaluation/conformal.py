@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -32,11 +33,13 @@ from pipeline.core.errors import InputError
 from pipeline.core.findings import FINDINGS
 from pipeline.evaluation import metrics
 from pipeline.evaluation.results import (
+    CONFORMAL_JSON,
     RISK_COVERAGE_COLUMNS,
     Conformal,
     FindingGuarantee,
     ImageGuarantee,
     Realised,
+    read_conformal,
 )
 
 ENTROPY_ORDER = "least certain first: highest mean binary entropy of the 14 probabilities"
@@ -265,14 +268,14 @@ def guarantee_text(conformal: Conformal, finding: str, given: Answer) -> str:
     """What an answer promises, in words, with the data it was calibrated on."""
     g = conformal.findings[finding]
     if given is Answer.RULED_OUT:
-        return (f"below {g.miss_threshold:.3f}: at most {g.miss_bound:.0%} of positives score this low "
-                f"({g.n_positive} positives of {conformal.calibration})")
+        return (f"score below {g.miss_threshold:.3f}: a positive image is ruled out with probability at most "
+                f"{g.miss_bound:.0%} (calibrated on {g.n_positive} positives of {conformal.calibration})")
     if given is Answer.FLAGGED:
-        return (f"above {g.false_alarm_threshold:.3f}: at most {g.false_alarm_bound:.0%} of negatives score this high "
-                f"({g.n_negative} negatives of {conformal.calibration})")
+        return (f"score above {g.false_alarm_threshold:.3f}: a negative image is flagged with probability at most "
+                f"{g.false_alarm_bound:.0%} (calibrated on {g.n_negative} negatives of {conformal.calibration})")
     if g.notes:
         return "; ".join(g.notes)
-    return "between the thresholds: no guarantee either way"
+    return "between the thresholds: neither ruled out nor flagged"
 
 
 # --- abstention ----------------------------------------------------------------------------------------------------
@@ -326,3 +329,32 @@ def risk_coverage(
             "mean_auc": float(np.mean(aucs)) if aucs else np.nan,
         })
     return pd.DataFrame(rows, columns=RISK_COVERAGE_COLUMNS)
+
+
+# --- where predictions find their guarantees -----------------------------------------------------------------------
+
+OOD_REASON = ("out of distribution ({}): conformal guarantees hold only for images like the calibration images, "
+              "so this image gets none")
+
+
+def find_for_checkpoint(checkpoint: str | Path) -> tuple[Path, Conformal] | None:
+    """The conformal guarantees of a checkpoint's run: its ``eval-test`` folder's, else the first evaluation's
+    that has a conformal.json, else None. A checkpoint under ``checkpoints/`` belongs to the run above it."""
+    folder = Path(checkpoint).resolve().parent
+    if folder.name == "checkpoints":
+        folder = folder.parent
+    found = sorted(path.parent for path in folder.glob(f"*/{CONFORMAL_JSON}"))
+    found.sort(key=lambda path: path.name != "eval-test")
+    for path in found:
+        guarantees = read_conformal(path)
+        if guarantees is not None:
+            return path, guarantees
+    return None
+
+
+def load(eval_dir: str | Path) -> Conformal:
+    """An evaluation folder's guarantees; `InputError` when it has none."""
+    guarantees = read_conformal(eval_dir)
+    if guarantees is None:
+        raise InputError(f"{eval_dir}: no {CONFORMAL_JSON}; evaluate with `miss_rate` and validation data first")
+    return guarantees

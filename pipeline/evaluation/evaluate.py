@@ -38,6 +38,7 @@ from pipeline.evaluation.results import (
     align,
     read_predictions,
     read_thresholds,
+    write_conformal,
     write_evaluation,
 )
 
@@ -62,6 +63,8 @@ def evaluate_files(
     seed: int = 0,
     plots: bool = False,
     warn: Callable[[str], None] | None = None,
+    miss_rate: float | None = None,
+    false_alarm_rate: float | None = None,
 ) -> Evaluation:
     """Evaluate a checkpoint's (or a CSV's) predictions of a label file and write the evaluation folder ``out``.
 
@@ -86,6 +89,10 @@ def evaluate_files(
         Also write the ROC, PR and calibration figures as HTML (`pipeline.plots.write_evaluation_plots`).
     warn
         Called with a one-line warning when some images cannot be read and are left out.
+    miss_rate, false_alarm_rate
+        With validation data: conformal thresholds bounding each finding's miss rate (and false-alarm rate,
+        default the miss rate), checked on these images, written as conformal.json and risk_coverage.csv
+        (`pipeline.evaluation.conformal`).
 
     Returns
     -------
@@ -104,6 +111,7 @@ def evaluate_files(
     if sum(x is not None for x in (valid_predictions, valid_labels, thresholds_file)) > 1:
         raise InputError("give at most one of `valid_predictions`, `valid_labels` and `thresholds_file`")
     check_bootstrap(n_bootstrap)
+    _check_conformal(miss_rate, false_alarm_rate, valid_predictions is not None or valid_labels is not None)
     target = target_sensitivity
     if target is not None and not (0 < target <= 1 and (valid_predictions or valid_labels)):
         raise InputError(
@@ -187,10 +195,14 @@ def evaluate_files(
     summary.labels_sha256 = prepared.sha256 if prepared is not None else sha256_of(labels_file)
     summary.skipped_images = skipped
     write_evaluation(evaluation, out)
+    if miss_rate is not None:
+        _write_conformal(evaluation, valid, miss_rate, false_alarm_rate, Path(labels_file).name, out, n_bootstrap, seed)
     if plots:
         from pipeline import plots as figures
 
         figures.write_evaluation_plots(evaluation, out)
+        if evaluation.conformal is not None:
+            figures.write_conformal_plot(evaluation.conformal, evaluation.risk_coverage, out)
     return evaluation
 
 
@@ -398,6 +410,43 @@ def _validation_folder(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, str]:
         )
     labels = label_files.load_labels(labels_file)
     return labels, align(labels, read_predictions(file), str(labels_file), str(file)), str(path)
+
+
+# --- conformal guarantees (issue 19) -----------------------------------------------------------------------------
+
+
+def _check_conformal(miss_rate: float | None, false_alarm_rate: float | None, has_validation: bool) -> None:
+    """The input rules of ``--miss-rate`` and ``--false-alarm-rate``, checked before any prediction."""
+    from pipeline.evaluation import conformal
+
+    if miss_rate is None:
+        if false_alarm_rate is not None:
+            raise InputError("`false_alarm_rate` needs `miss_rate`: the conformal thresholds are chosen together")
+        return
+    conformal.check_rate(miss_rate, "miss_rate")
+    if false_alarm_rate is not None:
+        conformal.check_rate(false_alarm_rate, "false_alarm_rate")
+    if not has_validation:
+        raise InputError(
+            "`miss_rate` needs validation data to calibrate on: give `valid_predictions` or `valid_labels`"
+        )
+
+
+def _write_conformal(evaluation: Evaluation, valid: tuple[pd.DataFrame, pd.DataFrame, str], miss_rate: float,
+                     false_alarm_rate: float | None, test_name: str, out: str | Path, n_bootstrap: int,
+                     seed: int) -> None:
+    """Calibrate on the validation labels and scores, check on the evaluated images, write and attach the result."""
+    from pipeline.evaluation import conformal
+
+    valid_truth, valid_scores, valid_name = valid
+    guarantees = conformal.calibrate(*matrices(valid_truth, align(valid_truth, valid_scores, "validation labels",
+                                                                   "validation predictions")),
+                                     miss_rate, false_alarm_rate, calibration=valid_name)
+    y, p = matrices(evaluation.labels, evaluation.predictions)
+    conformal.check(guarantees, y, p, test=test_name, n_bootstrap=n_bootstrap, seed=seed)
+    evaluation.conformal = guarantees
+    evaluation.risk_coverage = conformal.risk_coverage(y, p, guarantees)
+    write_conformal(guarantees, evaluation.risk_coverage, out)
 
 
 # --- small helpers, shared with pipeline.evaluation.compare ------------------------------------------------------

@@ -242,6 +242,8 @@ class Evaluation:
     roc: pd.DataFrame  # finding, fpr, tpr, threshold
     pr: pd.DataFrame  # finding, recall, precision, threshold (NaN for the last point, recall 0)
     calibration: pd.DataFrame  # finding, bin, bin_low, bin_high, mean_predicted, observed, count
+    conformal: Conformal | None = None  # with `evaluate --miss-rate`: conformal.json
+    risk_coverage: pd.DataFrame | None = None  # and risk_coverage.csv
 
 
 @dataclass
@@ -263,6 +265,8 @@ def write_evaluation(evaluation: Evaluation, out_dir: str | Path) -> Path:
     out = output_folder(out_dir)
     # A stale metrics.json would vouch for the half-replaced files below until the new one is written.
     (out / METRICS_JSON).unlink(missing_ok=True)
+    for stale in (CONFORMAL_JSON, RISK_COVERAGE_CSV):  # an earlier evaluation's guarantees must not outlive it
+        (out / stale).unlink(missing_ok=True)
     write_csv_atomic(evaluation.predictions, out / PREDICTIONS_CSV)
     write_csv_atomic(label_files.to_course_format(evaluation.labels), out / LABELS_CSV)
     write_csv_atomic(evaluation.roc, out / ROC_CSV)

@@ -2,6 +2,7 @@
 ``evaluate --plots``; one look for all (`style`). Submodules by what they show; the names below are the API.
 """
 
+from pipeline.plots.conformal import CONFORMAL_PLOT, risk_coverage_figure, write_conformal_plot
 from pipeline.plots.dataset import bar_chart, cooccurrence_figure, prevalence_figure
 from pipeline.plots.evaluation import (
     EVALUATION_PLOTS,
@@ -22,4 +23,6 @@ __all__ = [
     "EVALUATION_PLOTS", "NEGATIVE", "NEUTRAL", "PLOTLY_JS", "POSITIVE", "SERIES", "Curves", "ap_legend", "auc_legend",
     "bar_chart", "brier_legend", "calibration_figure", "cooccurrence_figure", "format_ci", "pr_figure",
     "prevalence_figure", "roc_figure", "side_legend", "style", "training_figures", "write_evaluation_plots",
+    # the conformal risk-coverage curve (pipeline.plots.conformal)
+    "CONFORMAL_PLOT", "risk_coverage_figure", "write_conformal_plot",
 ]

@@ -40,6 +40,8 @@ from pipeline.evaluation.results import (
     ImageGuarantee,
     Realised,
     read_conformal,
+    read_scored,
+    write_conformal,
 )
 
 ENTROPY_ORDER = "least certain first: highest mean binary entropy of the 14 probabilities"
@@ -358,3 +360,25 @@ def load(eval_dir: str | Path) -> Conformal:
     if guarantees is None:
         raise InputError(f"{eval_dir}: no {CONFORMAL_JSON}; evaluate with `miss_rate` and validation data first")
     return guarantees
+
+
+def add_to_evaluation(eval_dir: str | Path, valid_dir: str | Path, miss_rate: float,
+                      false_alarm_rate: float | None = None, n_bootstrap: int = 1000, seed: int = 0) -> Conformal:
+    """Calibrate on a validation evaluation folder's saved predictions, check on another's, and write the latter's
+    conformal.json and risk_coverage.csv (nothing is predicted again; metrics.json is left as it is)."""
+    valid_labels, valid_scores = read_scored(valid_dir)
+    labels, scores = read_scored(eval_dir)
+    columns = list(FINDINGS)
+    guarantees = calibrate(valid_labels[columns].to_numpy(), valid_scores[columns].to_numpy(), miss_rate,
+                           false_alarm_rate, calibration=_name(valid_dir))
+    y, p = labels[columns].to_numpy(), scores[columns].to_numpy()
+    check(guarantees, y, p, test=_name(eval_dir), n_bootstrap=n_bootstrap, seed=seed)
+    write_conformal(guarantees, risk_coverage(y, p, guarantees), eval_dir)
+    return guarantees
+
+
+def _name(folder: str | Path) -> str:
+    """An evaluation folder as users know it: relative to the checkout when inside it."""
+    from pipeline.core import paths
+
+    return paths.shorten(Path(folder).resolve())

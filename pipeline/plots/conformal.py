@@ -40,9 +40,11 @@ def risk_coverage_figure(curve: pd.DataFrame, conformal: Conformal) -> go.Figure
     fig.update_xaxes(title_text="Coverage (share of images answered)", range=[1.02, -0.02])
     fig.update_yaxes(title_text="Miss rate", rangemode="tozero", row=1, col=1)
     fig.update_yaxes(title_text="Mean AUC", row=1, col=2)
-    fig.update_layout(title=f"Abstention, {conformal.abstention} (calibrated on {conformal.calibration}, measured "
-                            f"on {conformal.test or 'the evaluated images'})")
-    return style(fig, height=460)
+    measured = Path(conformal.test or "?").name
+    fig.update_layout(title=f"Abstention: the least certain images first (measured on {measured})")
+    style(fig, height=480)
+    # The subplot titles sit where style() puts the legend: the legend goes below the plots instead.
+    return fig.update_layout(legend={"y": -0.22, "yanchor": "top"}, margin={"b": 60})
 
 
 def write_conformal_plot(conformal: Conformal, curve: pd.DataFrame, out_dir: str | Path) -> Path:

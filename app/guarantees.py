@@ -133,6 +133,10 @@ def show_answers(found: Conformal | None, source: str, names: list[str], answer)
     table = table.sort_values("Answer", key=lambda column: column.map(order), kind="stable")
     st.dataframe(table, hide_index=True, height="content",
                  column_config={"Probability": st.column_config.NumberColumn(format="%.3f")})
+    chosen = conformal.image_set(found, dict(zip(names, (float(p) for p in answer.probabilities), strict=True)))
+    if chosen is not None:
+        st.markdown(f"**Image-level set** (cannot be ruled out): {', '.join(chosen) or 'none'}. "
+                    f"{conformal.image_set_text(found).capitalize()}.")
     st.caption(f"Conformal answers, {source}: miss rate at most {found.miss_rate:g}, false-alarm rate at most "
                f"{found.false_alarm_rate:g}, for images like the calibration images. " + EXPLAIN.replace("**", ""))
 

@@ -134,8 +134,9 @@ def _guarantees(checkpoint: Path, eval_dir: Path | None) -> tuple[Path, Any] | N
 
 def _conformal_record(guarantees: tuple[Path, Any], names: list[str], probabilities: np.ndarray,
                       verdict: Any) -> dict[str, Any]:
-    """``{"evaluation", "calibration", "miss_rate", "false_alarm_rate", "answers": {finding: answer},
-    "guarantees": {finding: words}}``; for an out-of-distribution image ``answers`` is null and ``reason`` says why."""
+    """``{"evaluation", "calibration", "calibration_images", "miss_rate", "false_alarm_rate", "answers": {finding:
+    answer}, "guarantees": {finding: words}, "image_set": [findings not ruled out at image level] or null,
+    "image_set_guarantee": words}``; for an out-of-distribution image ``answers`` is null and ``reason`` says why."""
     from pipeline.evaluation import conformal
 
     folder, found = guarantees
@@ -144,9 +145,11 @@ def _conformal_record(guarantees: tuple[Path, Any], names: list[str], probabilit
                               "false_alarm_rate": found.false_alarm_rate}
     if not verdict.in_distribution:
         return {**record, "answers": None, "reason": conformal.OOD_REASON.format(verdict.reason)}
-    given = conformal.answers(found, dict(zip(names, probabilities.tolist(), strict=True)))
+    scores = dict(zip(names, probabilities.tolist(), strict=True))
+    given = conformal.answers(found, scores)
     return {**record, "answers": {f: a.value for f, a in given.items()},
-            "guarantees": {f: conformal.guarantee_text(found, f, a) for f, a in given.items()}}
+            "guarantees": {f: conformal.guarantee_text(found, f, a) for f, a in given.items()},
+            "image_set": conformal.image_set(found, scores), "image_set_guarantee": conformal.image_set_text(found)}
 
 
 def _with_answers(text: str, guarantees: tuple[Path, Any], names: list[str], probabilities: np.ndarray,
@@ -164,4 +167,6 @@ def _with_answers(text: str, guarantees: tuple[Path, Any], names: list[str], pro
     for label in ("flagged", "uncertain", "ruled out"):
         chosen = [f for f, a in record["answers"].items() if a == label]
         lines.append(f"    {label}: {', '.join(chosen) if chosen else '-'}")
+    if record["image_set"] is not None:
+        lines.append(f"    image-level set: {', '.join(record['image_set']) or '-'} ({record['image_set_guarantee']})")
     return text.rstrip("\n") + "\n" + "\n".join(lines) + "\n"

@@ -266,6 +266,22 @@ def answers(conformal: Conformal, probabilities: Mapping[str, float]) -> dict[st
     return {f: answer(float(probabilities[f]), g) for f, g in conformal.findings.items() if f in probabilities}
 
 
+def image_set(conformal: Conformal, probabilities: Mapping[str, float]) -> list[str] | None:
+    """The image-level set: the findings scoring at least the risk-control threshold (None without a threshold)."""
+    t = conformal.image.threshold
+    return None if t is None else [f for f in conformal.findings if f in probabilities and probabilities[f] >= t]
+
+
+def image_set_text(conformal: Conformal) -> str:
+    """What the image-level set promises, in words."""
+    image = conformal.image
+    if image.threshold is None:
+        return image.note or "no image-level threshold"
+    return (f"findings scoring at least {image.threshold:.3f}: on average at most {conformal.miss_rate:.0%} of an "
+            f"image's true findings fall outside this set (calibrated on {image.n_images} images with a finding "
+            f"of {conformal.calibration})")
+
+
 def guarantee_text(conformal: Conformal, finding: str, given: Answer) -> str:
     """What an answer promises, in words, with the data it was calibrated on."""
     g = conformal.findings[finding]

@@ -50,7 +50,7 @@ def test_predict_shows_the_three_answers_with_guarantee_and_source(app):
     assert sorted(table["Finding"]) == sorted(FINDINGS) and set(table["Answer"]) <= ANSWERS
     body = text(app)
     assert "calibrated on `" in body and "eval-valid" in body and "miss rate at most 0.2" in body
-    assert "exchangeable" in body
+    assert "exchangeable" in body and "Image-level set" in body
     for _, row in table.iterrows():
         if row["Answer"] == "ruled out":
             assert "a positive image is ruled out with probability at most" in row["Guarantee"]

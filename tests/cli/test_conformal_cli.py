@@ -91,7 +91,10 @@ def test_predict_json_carries_three_answers_and_an_ood_image_none(tmp_path):
         if g.miss_threshold is None:  # too few validation positives: never ruled out, and uncertain says why
             assert given != "ruled out"
             assert given == "flagged" or "too few" in answer["guarantees"][finding]
+    assert answer["image_set"] == [f for f in FINDINGS if xray["probabilities"][f] >= shipped.image.threshold]
+    assert "of an image's true findings fall outside this set" in answer["image_set_guarantee"]
     assert flagged["in_distribution"] is False
+    assert "image_set" not in flagged["conformal"]
     assert flagged["conformal"]["answers"] is None and "guarantees" not in flagged["conformal"]
     reason = flagged["conformal"]["reason"]
     assert "out of distribution" in reason and "calibration images" in reason

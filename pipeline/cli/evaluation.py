@@ -78,20 +78,26 @@ def run_evaluate(args: argparse.Namespace) -> int:
         target_sensitivity=args.target_sensitivity,
         n_bootstrap=args.bootstrap,
         seed=args.seed,
-        plots=args.plots,
         warn=warn,
         miss_rate=args.miss_rate,
         false_alarm_rate=args.false_alarm_rate,
     )
-    print(format_metrics(evaluation.summary))
     written = [PREDICTIONS_CSV, LABELS_CSV, METRICS_JSON, ROC_CSV, PR_CSV, CALIBRATION_CSV]
     if evaluation.conformal is not None:
-        print(format_conformal(evaluation.conformal))
         written += [CONFORMAL_JSON, RISK_COVERAGE_CSV]
     if args.plots:
-        from pipeline.plots import CONFORMAL_PLOT, EVALUATION_PLOTS
+        from pipeline.plots import EVALUATION_PLOTS, write_evaluation_plots
 
-        written += list(EVALUATION_PLOTS) + ([CONFORMAL_PLOT] if evaluation.conformal is not None else [])
+        write_evaluation_plots(evaluation, args.out)
+        written += list(EVALUATION_PLOTS)
+        if evaluation.conformal is not None:
+            from pipeline.plots import CONFORMAL_PLOT, write_conformal_plot
+
+            write_conformal_plot(evaluation.conformal, evaluation.risk_coverage, args.out)
+            written.append(CONFORMAL_PLOT)
+    print(format_metrics(evaluation.summary))
+    if evaluation.conformal is not None:
+        print(format_conformal(evaluation.conformal))
     print(f"wrote {', '.join(written)} to {args.out}")
     return 0
 

@@ -45,6 +45,7 @@ from pipeline.evaluation.results import (
 )
 
 ENTROPY_ORDER = "least certain first: highest mean binary entropy of the 14 probabilities"
+OOD_FIRST = "out-of-distribution images first (the run's guard), then the highest mean binary entropy"
 CURVE_POINTS = 101  # coverage levels of the risk-coverage curve for large sets (small sets get every image)
 
 
@@ -303,6 +304,14 @@ def entropy_uncertainty(p: np.ndarray) -> np.ndarray:
     """Per image, the mean binary entropy of its probabilities (bits): 1 at 0.5 everywhere, 0 when all are 0 or 1."""
     q = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
     return (-(q * np.log2(q) + (1 - q) * np.log2(1 - q))).mean(axis=1)
+
+
+def abstention_order(p: np.ndarray, out_of_distribution: np.ndarray | None = None) -> np.ndarray:
+    """The uncertainty `risk_coverage` abstains by: `entropy_uncertainty`, with flagged images above every other."""
+    u = entropy_uncertainty(p)
+    if out_of_distribution is not None:
+        u = u + 2.0 * np.asarray(out_of_distribution, dtype=bool)  # entropy is at most 1 bit
+    return u
 
 
 def risk_coverage(

@@ -132,7 +132,7 @@ def evaluate_files(
     write_evaluation(evaluation, out)
     if miss_rate is not None:
         _write_conformal(evaluation, scored.valid, miss_rate, false_alarm_rate, Path(labels_file).name, out,
-                         n_bootstrap, seed)
+                         n_bootstrap, seed, scored.out_of_distribution)
     return evaluation
 
 
@@ -163,6 +163,7 @@ class _Scored:
     skipped: dict[str, str]  # unreadable image -> why
     notes: list[str]
     source_name: str  # where the predictions came from, for messages
+    out_of_distribution: frozenset[str] = frozenset()  # images the run's guard flags (abstained on first)
 
 
 def _check_arguments(
@@ -246,8 +247,10 @@ def _predict_checkpoint(
     if skipped:
         image, why = next(iter(skipped.items()))
         notes.append(f"{len(skipped)} unreadable images left out, e.g. {image}: {why}")
+    flagged: dict[str, str] = {}
     if prepared is None:  # the guard reads the original files; a prepared folder holds resized copies
-        notes += _guard_note(checkpoint, [Path(images) / image for image in labels["Image"]])
+        flagged = _guard(checkpoint, [Path(images) / image for image in labels["Image"]])
+        notes += _guard_note(flagged, len(labels))
     valid = inputs.valid
     if inputs.valid_table is not None:
         name = Path(valid_labels).name
@@ -255,7 +258,9 @@ def _predict_checkpoint(
             valid = (inputs.valid_table, predict.predict_prepared(net, inputs.valid_prepared), name)
         else:
             valid = (*_predict_readable(net, inputs.valid_table, Path(images), name, warn)[:2], name)
-    return _Scored(labels, predictions, valid, skipped, notes, f"predictions of {checkpoint}")
+    names = {str(Path(images) / image): image for image in labels["Image"]} if prepared is None else {}
+    return _Scored(labels, predictions, valid, skipped, notes, f"predictions of {checkpoint}",
+                   frozenset(names[path] for path in flagged if path in names))
 
 
 def _choose_thresholds(
@@ -524,8 +529,11 @@ def _check_conformal(miss_rate: float | None, false_alarm_rate: float | None, ha
 
 def _write_conformal(evaluation: Evaluation, valid: Validation, miss_rate: float,
                      false_alarm_rate: float | None, test_name: str, out: str | Path, n_bootstrap: int,
-                     seed: int) -> None:
-    """Calibrate on the validation labels and scores, check on the evaluated images, write and attach the result."""
+                     seed: int, out_of_distribution: frozenset[str]) -> None:
+    """Calibrate on the validation labels and scores, check on the evaluated images, write and attach the result.
+
+    The risk-coverage curve abstains first on the images the guard flags, then on the least certain.
+    """
     from pipeline.evaluation import conformal
 
     valid_truth, valid_scores, valid_name = valid
@@ -535,23 +543,30 @@ def _write_conformal(evaluation: Evaluation, valid: Validation, miss_rate: float
     y, p = matrices(evaluation.labels, evaluation.predictions)
     conformal.check(guarantees, y, p, test=test_name, n_bootstrap=n_bootstrap, seed=seed)
     evaluation.conformal = guarantees
-    evaluation.risk_coverage = conformal.risk_coverage(y, p, guarantees)
+    flagged = evaluation.labels["Image"].isin(out_of_distribution).to_numpy()
+    evaluation.risk_coverage = conformal.risk_coverage(y, p, guarantees, conformal.abstention_order(p, flagged))
+    if flagged.any():
+        guarantees.abstention = conformal.OOD_FIRST
     write_conformal(guarantees, evaluation.risk_coverage, out)
 
 
 # --- small helpers, shared with pipeline.evaluation.compare ------------------------------------------------------
 
 
-def _guard_note(checkpoint: str | Path, paths: list[Path]) -> list[str]:
-    """A note counting the images the run's out-of-distribution guard flags (they stay in the metrics)."""
+def _guard(checkpoint: str | Path, paths: list[Path]) -> dict[str, str]:
+    """``{path: reason}`` of the images the run's out-of-distribution guard flags."""
     from pipeline.inference import serving
 
-    flagged = serving.flag_paths(checkpoint, paths)
+    return serving.flag_paths(checkpoint, paths)
+
+
+def _guard_note(flagged: dict[str, str], n_images: int) -> list[str]:
+    """A note counting the images the run's out-of-distribution guard flags (they stay in the metrics)."""
     if not flagged:
         return []
     path, why = next(iter(flagged.items()))
     return [
-        f"{len(flagged)} of {len(paths)} images flagged out of distribution by the run's guard (kept in the "
+        f"{len(flagged)} of {n_images} images flagged out of distribution by the run's guard (kept in the "
         f"metrics), e.g. {Path(path).name}: {why}"
     ]
 

@@ -9,6 +9,7 @@ import sys
 import cv2
 import numpy as np
 import pandas as pd
+import pytest
 from conftest import NIH, REPO, TEST_DATA, TEST_LABELS, VALID_LABELS, assert_one_line_error, run_main, write_predictions
 
 from pipeline.core.findings import FINDINGS
@@ -109,3 +110,31 @@ def test_predict_text_and_an_explicit_evaluation_without_guarantees(tmp_path):
                               "--conformal", NIH, TEST_DATA / "00000001_000.png"], capture_output=True, text=True,
                              cwd=REPO, timeout=300)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no conformal.json" in missing.stderr
+
+
+def test_evaluate_a_checkpoint_abstains_on_out_of_distribution_images_first(small_checkpoint, tmp_path, capsys):
+    import shutil
+
+    from conftest import IMAGES
+
+    from pipeline.evaluation import conformal
+
+    test, valid = pd.read_csv(TEST_LABELS).head(12), pd.read_csv(VALID_LABELS).head(20)
+    (tmp_path / "images").mkdir()
+    for name in [*test["Image"], *valid["Image"]]:
+        shutil.copy(IMAGES / name, tmp_path / "images" / name)
+    flat = test["Image"].iloc[4]
+    cv2.imwrite(str(tmp_path / "images" / flat), np.full((256, 256), 120, np.uint8))
+    test.to_csv(tmp_path / "test.csv", index=False)
+    valid.to_csv(tmp_path / "valid.csv", index=False)
+    code, _, err = run_main(capsys, "evaluate", "--checkpoint", small_checkpoint, "--labels", tmp_path / "test.csv",
+                            "--images", tmp_path / "images", "--valid-labels", tmp_path / "valid.csv",
+                            "--miss-rate", "0.3", "--out", tmp_path / "eval", "--bootstrap", "0")
+    assert code == 0, err
+    guarantees = results.read_conformal(tmp_path / "eval")
+    assert guarantees.abstention == conformal.OOD_FIRST and guarantees.calibration_images == 20
+    curve = results.read_risk_coverage(tmp_path / "eval").set_index("n_kept")
+    scores = pd.read_csv(tmp_path / "eval" / "predictions.csv")
+    kept = (scores["Image"] != flat).to_numpy()
+    y, p = test[list(FINDINGS)].to_numpy()[kept], scores[list(FINDINGS)].to_numpy()[kept]
+    assert curve.loc[11, "set_miss"] == pytest.approx(conformal.missed_shares(y, p, guarantees.image.threshold).mean())

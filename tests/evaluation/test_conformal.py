@@ -156,6 +156,21 @@ def test_risk_coverage_end_points():
     assert half.mean_auc > full.mean_auc
 
 
+def test_out_of_distribution_images_are_abstained_on_first():
+    y, p = synthetic(80, 4, seed=9)
+    guarantees = conformal.calibrate(y[:40], p[:40], 0.2, findings=["a", "b", "c", "d"])
+    yt, pt = y[40:], p[40:]
+    flagged = np.zeros(40, bool)
+    flagged[[3, 17]] = True
+    order = conformal.abstention_order(pt, flagged)
+    assert set(np.argsort(-order)[:2]) == {3, 17}  # above every in-distribution image, however certain
+    curve = conformal.risk_coverage(yt, pt, guarantees, order).set_index("n_kept")
+    kept = ~flagged
+    alone = conformal.risk_coverage(yt[kept], pt[kept], guarantees)
+    assert curve.loc[38, "mean_auc"] == pytest.approx(alone.iloc[0].mean_auc)
+    assert curve.loc[38, "set_miss"] == pytest.approx(alone.iloc[0].set_miss)
+
+
 def test_rates_are_checked_once():
     y, p = synthetic(50, 2, seed=6)
     for rate in (0, 1, 1.5, -0.1, True):

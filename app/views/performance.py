@@ -3,6 +3,7 @@
 from dataclasses import asdict
 from pathlib import Path
 
+import guarantees as guarantees_view
 import localization as localization_view
 import pandas as pd
 import shared
@@ -97,7 +98,7 @@ for name, result in evals.items():
 finding = st.selectbox("Finding", [ALL, *FINDINGS])
 located = localization_folder.find_results(run.path) if run is not None else []
 tabs = st.tabs(["ROC", "Precision-recall", "Calibration", "Operating points", "Comparison", "Training history",
-                "Subgroups", *(["Localization"] if located else [])])
+                "Subgroups", *(["Localization"] if located else []), "Guarantees"])
 
 one = None if finding == ALL else finding
 with tabs[0]:
@@ -256,3 +257,8 @@ with tabs[6]:
 if located:
     with tabs[7]:
         localization_view.show_results(located)
+
+with tabs[-1]:  # conformal guarantees (issue 19)
+    for name in evals:
+        with shared.guard():
+            guarantees_view.show_guarantees(name, found[name])

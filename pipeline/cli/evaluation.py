@@ -10,11 +10,15 @@ from typing import Any
 
 from pipeline.evaluation.results import (
     CALIBRATION_CSV,
+    CONFORMAL_JSON,
     LABELS_CSV,
     METRICS_JSON,
     PR_CSV,
     PREDICTIONS_CSV,
+    RISK_COVERAGE_CSV,
     ROC_CSV,
+    Conformal,
+    Realised,
     Summary,
 )
 
@@ -46,6 +50,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="also write roc.html, pr.html, calibration.html and the subgroup forest plots (work offline)",
     )
     add_subgroup_flags(p)
+    add_conformal_arguments(p)
     p.set_defaults(func=run_evaluate)
 
     p = commands.add_parser("compare", help="compare evaluations on the same images (DeLong, bootstrap)")
@@ -77,15 +82,26 @@ def run_evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         warn=warn,
         **subgroup_options(args),
+        miss_rate=args.miss_rate,
+        false_alarm_rate=args.false_alarm_rate,
     )
     written = [PREDICTIONS_CSV, LABELS_CSV, METRICS_JSON, ROC_CSV, PR_CSV, CALIBRATION_CSV]
+    if evaluation.conformal is not None:
+        written += [CONFORMAL_JSON, RISK_COVERAGE_CSV]
     if args.plots:
         from pipeline.plots import EVALUATION_PLOTS, write_evaluation_plots
 
         write_evaluation_plots(evaluation, args.out)
         written += list(EVALUATION_PLOTS)
+        if evaluation.conformal is not None:
+            from pipeline.plots import CONFORMAL_PLOT, write_conformal_plot
+
+            write_conformal_plot(evaluation.conformal, evaluation.risk_coverage, args.out)
+            written.append(CONFORMAL_PLOT)
     print(format_metrics(evaluation.summary))
     written += print_subgroups(args.out, args.plots)
+    if evaluation.conformal is not None:
+        print(format_conformal(evaluation.conformal))
     print(f"wrote {', '.join(written)} to {args.out}")
     return 0
 
@@ -119,20 +135,22 @@ def _age_edges(text: str) -> tuple[int, ...]:
 
 
 def print_subgroups(out: Path, plots: bool) -> list[str]:
-    """Print the audit an evaluation folder holds, if any, and with ``plots`` write its figures; return the file
-    names it added."""
+    """Print the audit an evaluation folder holds, if any; return the file names it added."""
     from pipeline.evaluation import results
 
     audit = results.read_subgroups(out)
     if audit is None:
         return []
+    if plots:
+        from pipeline.plots import write_subgroup_plots
+
+        write_subgroup_plots(audit, out)
     print()
     print(format_subgroups(audit))
     written = [results.SUBGROUPS_JSON, results.SUBGROUPS_CSV, results.SUBGROUP_METADATA_CSV]
     if plots:
-        from pipeline.plots import SUBGROUP_PLOTS, write_subgroup_plots
+        from pipeline.plots import SUBGROUP_PLOTS
 
-        write_subgroup_plots(audit, out)
         written += list(SUBGROUP_PLOTS)
     return written
 
@@ -220,6 +238,53 @@ def format_comparison(result: Mapping[str, Any]) -> str:
             )
         lines += format_gap_differences(comparison.get("subgroup_gaps"))
     return "\n".join(lines)
+
+
+# --- conformal guarantees (issue 19) -----------------------------------------------------------------------------
+
+
+def add_conformal_arguments(p: argparse.ArgumentParser) -> None:
+    """``--miss-rate`` and ``--false-alarm-rate`` of `evaluate`."""
+    p.add_argument("--miss-rate", type=float, metavar="ALPHA",
+                   help="conformal thresholds on the validation data: a new positive is ruled out with "
+                        "probability at most ALPHA (writes conformal.json; see docs/conformal.md)")
+    p.add_argument("--false-alarm-rate", type=float, metavar="BETA",
+                   help="with --miss-rate: a new negative is flagged with probability at most BETA (default ALPHA)")
+
+
+def format_conformal(conformal: Conformal) -> str:
+    """The conformal thresholds per finding next to the rates they realised on the evaluated images."""
+    lines = [
+        "",
+        f"conformal thresholds (miss rate {conformal.miss_rate:g}, false-alarm rate {conformal.false_alarm_rate:g}), "
+        f"calibrated on {conformal.calibration} ({conformal.calibration_images} images), "
+        f"checked on {conformal.test}; valid only for images like the calibration images",
+        f"{'finding':<20} {'pos':>4} {'rule out <':>10} {'promised':>8}  {'miss here [95% CI]':<28}"
+        f"{'neg':>4} {'flag >':>7} {'promised':>8}  {'false alarms here [95% CI]'}",
+    ]
+    for finding, g in conformal.findings.items():
+        miss = ("too few positives" if g.miss_threshold is None
+                else f"{g.miss_threshold:10.3f} {g.miss_bound:8.3f}  {_realised(g.test_misses):<28}")
+        alarm = ("too few negatives" if g.false_alarm_threshold is None
+                 else f"{g.false_alarm_threshold:7.3f} {g.false_alarm_bound:8.3f}  {_realised(g.test_false_alarms)}")
+        lines.append(f"{finding:<20} {g.n_positive:>4} {miss:<49}{g.n_negative:>4} {alarm}")
+    image = conformal.image
+    if image.threshold is None:
+        lines.append(f"image level: {image.note}")
+    else:
+        lines.append(
+            f"image level: findings scoring >= {image.threshold:.3f} stay in the set (calibrated on {image.n_images} "
+            f"images with a finding); share of a test image's findings missed: "
+            f"{_num(image.test_missed_share)} {_ci(image.test_missed_share_ci)} over {image.test_n_images} images, "
+            f"promised <= {conformal.miss_rate:g}; mean set size {_num(image.test_mean_set_size)} findings"
+        )
+    return "\n".join(lines)
+
+
+def _realised(rate: Realised | None) -> str:
+    if rate is None or rate.rate is None:
+        return "no test images"
+    return f"{rate.rate:.3f} {_ci(rate.ci)} ({rate.count}/{rate.n})"
 
 
 def _num(value: float | None, signed: bool = False) -> str:

@@ -12,12 +12,14 @@ An evaluation folder is self-describing; the dashboard, `evaluation.compare` and
 - where ages, sexes and views are known, the subgroup audit (`pipeline.evaluation.subgroups`): ``subgroups.json``
   (`SubgroupAudit`, `read_subgroups`), ``subgroups.csv`` (one row per subgroup, finding and measure) and
   ``subgroup_metadata.csv`` (the Image, Sex, Age, View it used); with ``--plots`` its two forest plots.
+- with ``evaluate --miss-rate``, ``conformal.json`` (`Conformal`: per-finding and image-level conformal thresholds,
+  what they were calibrated on, the rates realised on this folder's images) and ``risk_coverage.csv``.
 
 Each file is written through a temporary file and a rename, and ``metrics.json`` last, so a folder with a
 ``metrics.json`` is complete. `Summary.to_json` writes the keys in the order earlier versions wrote them, so
 ``metrics.json`` stays byte for byte what it was. Imports no TensorFlow.
 
-About 560 lines, kept whole on purpose: every file format of an evaluation folder (and the predictions CSV and
+About 670 lines, kept whole on purpose: every file format of an evaluation folder (and the predictions CSV and
 thresholds JSON users hand to ``evaluate``, which share them) is defined, read and written here and nowhere else.
 """
 
@@ -243,6 +245,8 @@ class Evaluation:
     roc: pd.DataFrame  # finding, fpr, tpr, threshold
     pr: pd.DataFrame  # finding, recall, precision, threshold (NaN for the last point, recall 0)
     calibration: pd.DataFrame  # finding, bin, bin_low, bin_high, mean_predicted, observed, count
+    conformal: Conformal | None = None  # with `evaluate --miss-rate`: conformal.json
+    risk_coverage: pd.DataFrame | None = None  # and risk_coverage.csv
 
 
 @dataclass
@@ -264,6 +268,8 @@ def write_evaluation(evaluation: Evaluation, out_dir: str | Path) -> Path:
     out = output_folder(out_dir)
     # A stale metrics.json would vouch for the half-replaced files below until the new one is written.
     (out / METRICS_JSON).unlink(missing_ok=True)
+    for stale in (CONFORMAL_JSON, RISK_COVERAGE_CSV):  # an earlier evaluation's guarantees must not outlive it
+        (out / stale).unlink(missing_ok=True)
     write_csv_atomic(evaluation.predictions, out / PREDICTIONS_CSV)
     write_csv_atomic(label_files.to_course_format(evaluation.labels), out / LABELS_CSV)
     write_csv_atomic(evaluation.roc, out / ROC_CSV)
@@ -572,3 +578,133 @@ def read_subgroup_metadata(eval_dir: str | Path) -> pd.DataFrame | None:
         return pd.read_csv(path, dtype={"Image": str, "Sex": str, "View": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
         raise InputError(f"{path}: cannot be read as CSV ({reason(exc)}); {RERUN}") from None
+
+
+# --- conformal guarantees (conformal.json, risk_coverage.csv; computed by pipeline.evaluation.conformal) -----------
+
+CONFORMAL_JSON = "conformal.json"
+RISK_COVERAGE_CSV = "risk_coverage.csv"
+RISK_COVERAGE_COLUMNS = ["coverage", "n_kept", "miss_rate", "set_miss", "mean_auc"]
+
+
+@dataclass
+class Realised:
+    """A rate seen on held-out images: ``count`` of ``n`` with its Clopper-Pearson 95% interval (None when n = 0)."""
+
+    n: int
+    count: int
+    rate: float | None
+    ci: list[float] | None
+
+
+@dataclass
+class FindingGuarantee:
+    """One finding's conformal thresholds, calibrated on validation positives (miss) and negatives (false alarm).
+
+    A score below ``miss_threshold`` is *ruled out*, above ``false_alarm_threshold`` *flagged*. A threshold is None
+    where the validation set has too few images of that class for the rate asked; ``notes`` then say so.
+    ``*_bound`` is the rate the finite-sample rule guarantees, k / (n + 1), at most the rate asked.
+    """
+
+    n_positive: int
+    n_negative: int
+    miss_threshold: float | None
+    miss_bound: float | None
+    false_alarm_threshold: float | None
+    false_alarm_bound: float | None
+    notes: list[str]
+    test_misses: Realised | None = None  # positives of the test set scored below miss_threshold
+    test_false_alarms: Realised | None = None  # negatives of the test set scored above false_alarm_threshold
+
+
+@dataclass
+class ImageGuarantee:
+    """Conformal risk control of the image-level set {findings not ruled out} = {findings scoring >= threshold}.
+
+    Calibrated on the ``n_images`` validation images with at least one finding; bounds the expected share of such
+    an image's true findings left out of its set by the miss rate asked. None with a note when there are too few.
+    """
+
+    n_images: int
+    threshold: float | None
+    note: str | None
+    test_n_images: int | None = None
+    test_missed_share: float | None = None  # mean share of each test image's true findings left out of its set
+    test_missed_share_ci: list[float] | None = None  # bootstrap percentile 95% interval over images
+    test_mean_set_size: float | None = None
+
+
+@dataclass
+class Conformal:
+    """``conformal.json`` in memory: the guarantees of an evaluation and the data they were calibrated on."""
+
+    miss_rate: float
+    false_alarm_rate: float
+    calibration: str  # the validation evaluation or label file the thresholds were chosen on
+    calibration_images: int
+    findings: dict[str, FindingGuarantee]
+    image: ImageGuarantee
+    abstention: str  # how the risk-coverage curve orders images, in words
+    calibration_sha256: str | None = None
+    test: str | None = None  # the labels the realised rates were measured on
+
+    def to_json(self) -> dict[str, Any]:
+        """The conformal.json object."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, content: Any, source: str = CONFORMAL_JSON) -> Conformal:
+        """A `Conformal` from a parsed conformal.json; `InputError` naming ``source`` when it is not one."""
+        if not isinstance(content, dict):
+            raise InputError(f"{source}: expected a JSON object, got {type(content).__name__}; {RERUN}")
+        try:
+            findings = {}
+            for name, entry in content["findings"].items():
+                entry = dict(entry)
+                for key in ("test_misses", "test_false_alarms"):
+                    entry[key] = Realised(**entry[key]) if entry.get(key) is not None else None
+                findings[str(name)] = FindingGuarantee(**entry)
+            missing = [f for f in FINDINGS if f not in findings]
+            if missing:
+                raise ValueError(f"no entry for {first_items(missing)}")
+            return cls(**{**content, "findings": findings, "image": ImageGuarantee(**content["image"])})
+        except KeyError as exc:
+            raise InputError(f"{source}: no {exc.args[0]!r} entry; {RERUN}") from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise InputError(f"{source}: not a conformal.json of this toolkit ({reason(exc)}); {RERUN}") from None
+
+
+def write_conformal(conformal: Conformal, risk_coverage: pd.DataFrame | None, out_dir: str | Path) -> Path:
+    """Write conformal.json (and risk_coverage.csv when given) into an evaluation folder; returns conformal.json."""
+    out = output_folder(out_dir)
+    if risk_coverage is not None:
+        write_csv_atomic(risk_coverage[RISK_COVERAGE_COLUMNS], out / RISK_COVERAGE_CSV)
+    write_json_atomic(conformal.to_json(), out / CONFORMAL_JSON)
+    return out / CONFORMAL_JSON
+
+
+def read_conformal(eval_dir: str | Path) -> Conformal | None:
+    """An evaluation folder's conformal guarantees, or None when it has none (evaluated without ``--miss-rate``)."""
+    path = Path(eval_dir) / CONFORMAL_JSON
+    if not path.is_file():
+        return None
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: unreadable ({reason(exc)}); {RERUN}") from None
+    return Conformal.from_json(content, str(path))
+
+
+def read_risk_coverage(eval_dir: str | Path) -> pd.DataFrame | None:
+    """An evaluation folder's risk-coverage curve, or None when it has none."""
+    path = Path(eval_dir) / RISK_COVERAGE_CSV
+    if not path.is_file():
+        return None
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        raise InputError(f"{path}: cannot be read as CSV ({reason(exc)}); {RERUN}") from None
+    missing = [c for c in RISK_COVERAGE_COLUMNS if c not in frame.columns]
+    if missing:
+        raise InputError(f"{path}: no column {first_items(missing)}; {RERUN}")
+    return frame

@@ -2,6 +2,7 @@
 ``evaluate --plots``; one look for all (`style`). Submodules by what they show; the names below are the API.
 """
 
+from pipeline.plots.conformal import CONFORMAL_PLOT, risk_coverage_figure, write_conformal_plot
 from pipeline.plots.dataset import bar_chart, cooccurrence_figure, prevalence_figure
 from pipeline.plots.evaluation import (
     EVALUATION_PLOTS,
@@ -30,4 +31,6 @@ __all__ = [
     "bar_chart", "brier_legend", "calibration_figure", "cooccurrence_figure", "format_ci", "pr_figure",
     "prevalence_figure", "roc_figure", "side_legend", "style", "training_figures", "write_evaluation_plots",
     "GAP_MEASURES", "SUBGROUP_PLOTS", "subgroup_auc_figure", "subgroup_gap_figure", "write_subgroup_plots",
+    # the conformal risk-coverage curve (pipeline.plots.conformal)
+    "CONFORMAL_PLOT", "risk_coverage_figure", "write_conformal_plot",
 ]

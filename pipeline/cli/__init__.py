@@ -19,6 +19,7 @@ from pipeline.core.errors import InputError
 
 # Library parameter -> the flag that sets it, for error messages.
 FLAGS = {
+    "age_edges": "--age-groups",
     "batch_size": "--batch-size",
     "checkpoint": "--checkpoint",
     "epochs": "--epochs",
@@ -33,6 +34,7 @@ FLAGS = {
     "resume": "--resume",
     "seed": "--seed",
     "strategy": "--strategy",
+    "subgroup_min": "--subgroup-min",
     "workers": "--workers",
     "gradcam_dir": "--gradcam",
     "image_size": "--image-size",

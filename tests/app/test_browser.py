@@ -164,6 +164,11 @@ def test_every_page_in_a_browser(page, served):
     visit(page, f"{app_url}/performance", "Model performance")
     if runs.find_evaluations(folder):
         assert screenshot(page, "performance", min_charts=1) >= 1
+        page.get_by_role("tab", name="Subgroups").click()  # the subgroup audit: honesty, table, gap forest plot
+        page.get_by_text("far too few for conclusions about subgroups", exact=False).first.wait_for()
+        assert page.get_by_text("Underdiagnosis", exact=True).first.is_visible()
+        assert page.locator('[data-testid="stTabPanel"]:visible [data-testid="stPlotlyChart"]').count() >= 1
+        screenshot(page, "performance-subgroups")
     else:  # a demo model committed without its evaluation: the page says how to make one
         assert page.get_by_text("python -m pipeline evaluate", exact=False).first.is_visible()
         screenshot(page, "performance")

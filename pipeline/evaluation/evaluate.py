@@ -25,7 +25,7 @@ from pipeline.core.errors import InputError
 from pipeline.core.files import sha256_of
 from pipeline.core.findings import FINDINGS
 from pipeline.data import label_files
-from pipeline.evaluation import metrics
+from pipeline.evaluation import conformal, metrics
 from pipeline.evaluation.results import (
     DEFAULT_THRESHOLD,
     LABELS_CSV,
@@ -112,7 +112,7 @@ def evaluate_files(
                      thresholds_file, target_sensitivity, n_bootstrap)
     if subgroups:
         _check_subgroup_options(age_edges, subgroup_min)
-    _check_conformal(miss_rate, false_alarm_rate, valid_predictions is not None or valid_labels is not None)
+    conformal.check_request(miss_rate, false_alarm_rate, valid_predictions is not None or valid_labels is not None)
     inputs = _read_inputs(labels_file, images if checkpoint is not None else None, valid_predictions, valid_labels,
                           thresholds_file)
     if checkpoint is not None:
@@ -146,9 +146,12 @@ def evaluate_files(
                        else (None, None))
     write_evaluation(evaluation, out)
     write_subgroups(audit, metadata, out)
-    if miss_rate is not None:
-        _write_conformal(evaluation, scored.valid, miss_rate, false_alarm_rate, Path(labels_file).name, out,
-                         n_bootstrap, seed, scored.out_of_distribution)
+    if miss_rate is not None:  # calibrated on the validation data, checked on these images
+        evaluation.conformal, evaluation.risk_coverage = conformal.from_tables(
+            scored.valid, evaluation.labels, evaluation.predictions, miss_rate, false_alarm_rate,
+            test=Path(labels_file).name, n_bootstrap=n_bootstrap, seed=seed,
+            out_of_distribution=scored.out_of_distribution)
+        write_conformal(evaluation.conformal, evaluation.risk_coverage, out)
     return evaluation
 
 
@@ -541,47 +544,6 @@ def _subgroup_audit(evaluation: Evaluation, age_edges: Sequence[int], subgroup_m
         evaluation, age_edges=age_edges, min_count=subgroup_min, n_bootstrap=n_bootstrap, seed=seed)
     evaluation.summary.notes.append(note)
     return audit, metadata
-# --- conformal guarantees (issue 19) -----------------------------------------------------------------------------
-
-
-def _check_conformal(miss_rate: float | None, false_alarm_rate: float | None, has_validation: bool) -> None:
-    """The input rules of ``--miss-rate`` and ``--false-alarm-rate``, checked before any prediction."""
-    from pipeline.evaluation import conformal
-
-    if miss_rate is None:
-        if false_alarm_rate is not None:
-            raise InputError("`false_alarm_rate` needs `miss_rate`: the conformal thresholds are chosen together")
-        return
-    conformal.check_rate(miss_rate, "miss_rate")
-    if false_alarm_rate is not None:
-        conformal.check_rate(false_alarm_rate, "false_alarm_rate")
-    if not has_validation:
-        raise InputError(
-            "`miss_rate` needs validation data to calibrate on: give `valid_predictions` or `valid_labels`"
-        )
-
-
-def _write_conformal(evaluation: Evaluation, valid: Validation, miss_rate: float,
-                     false_alarm_rate: float | None, test_name: str, out: str | Path, n_bootstrap: int,
-                     seed: int, out_of_distribution: frozenset[str]) -> None:
-    """Calibrate on the validation labels and scores, check on the evaluated images, write and attach the result.
-
-    The risk-coverage curve abstains first on the images the guard flags, then on the least certain.
-    """
-    from pipeline.evaluation import conformal
-
-    valid_truth, valid_scores, valid_name = valid
-    guarantees = conformal.calibrate(*matrices(valid_truth, align(valid_truth, valid_scores, "validation labels",
-                                                                   "validation predictions")),
-                                     miss_rate, false_alarm_rate, calibration=valid_name)
-    y, p = matrices(evaluation.labels, evaluation.predictions)
-    conformal.check(guarantees, y, p, test=test_name, n_bootstrap=n_bootstrap, seed=seed)
-    evaluation.conformal = guarantees
-    flagged = evaluation.labels["Image"].isin(out_of_distribution).to_numpy()
-    evaluation.risk_coverage = conformal.risk_coverage(y, p, guarantees, conformal.abstention_order(p, flagged))
-    if flagged.any():
-        guarantees.abstention = conformal.OOD_FIRST
-    write_conformal(guarantees, evaluation.risk_coverage, out)
 
 
 # --- small helpers, shared with pipeline.evaluation.compare ------------------------------------------------------

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from dicom_files import dicom_bytes
 from pydicom.encaps import encapsulate
-from pydicom.uid import JPEG2000, ExplicitVRLittleEndian, JPEGLSLossless, generate_uid
+from pydicom.uid import JPEG2000, ExplicitVRLittleEndian, JPEGLSLossless
 
 from pipeline.core.errors import InputError
 from pipeline.data.imaging import load_image, resize
@@ -26,7 +25,6 @@ from pipeline.data.imaging import load_image, resize
 DATA = Path(__file__).resolve().parents[1] / "fixtures"
 GRAY_PNG = DATA / "00000001_000.png"  # 1024x1024 8-bit gray NIH original
 RGBA_PNG = DATA / "00000100_000.png"  # 1024x1024 RGBA NIH original (NIH ships some like this)
-DX_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 
 
 @pytest.fixture(scope="module")
@@ -54,36 +52,6 @@ def min_max(values: np.ndarray) -> np.ndarray:
 def write_png(path: Path, image: np.ndarray) -> Path:
     assert cv2.imwrite(str(path), image)
     return path
-
-
-def dicom_bytes(
-    pixels: np.ndarray | None,
-    photometric: str = "MONOCHROME2",
-    syntax: str = ExplicitVRLittleEndian,
-    **elements: object,
-) -> bytes:
-    """A DICOM Part 10 file (preamble + DICM) holding `pixels` uncompressed, or no PixelData if None."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = DX_SOP_CLASS
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = syntax
-    ds.SOPClassUID = DX_SOP_CLASS
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.PhotometricInterpretation = photometric
-    ds.SamplesPerPixel = 1
-    if pixels is not None:
-        ds.Rows, ds.Columns = pixels.shape[:2]
-        ds.BitsAllocated = ds.BitsStored = pixels.dtype.itemsize * 8
-        ds.HighBit = ds.BitsStored - 1
-        ds.PixelRepresentation = 0
-        ds.PixelData = pixels.tobytes()
-    for keyword, value in elements.items():
-        setattr(ds, keyword, value)
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 # --- formats that decode -------------------------------------------------------------------------------------

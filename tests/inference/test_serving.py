@@ -147,7 +147,7 @@ def test_evaluate_counts_flagged_images(run, tmp_path):
 
 
 def test_png_and_8bit_dicom_of_the_same_pixels_predict_the_same(tmp_path):
-    from test_imaging import dicom_bytes
+    from dicom_files import dicom_bytes
 
     pixels = imaging.load_image(IMAGES / "00000002_000.png")
     pixels = (pixels // 2 + 60).astype(np.uint8)  # not spanning 0-255, as most 8-bit exports

@@ -3,7 +3,7 @@
 from dataclasses import asdict
 from pathlib import Path
 
-import localization as localization_view
+import localization_view
 import pandas as pd
 import shared
 import streamlit as st

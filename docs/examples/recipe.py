@@ -2,8 +2,8 @@
 
 Load the labels, check that no patient sits in two splits, train a tiny DenseNet121, evaluate it with
 confidence intervals, and look at one Grad-CAM map. The model is deliberately tiny (64 px, random
-initial weights, one epoch on 64 images) so the whole recipe runs in about a minute on a laptop CPU; its
-AUCs are near chance. For a real model change `SIZE` to 320, `WEIGHTS` to "imagenet" and train on the full
+initial weights, one epoch on 64 images) so the whole recipe takes under a minute of CPU time; its AUCs
+are near chance. For a real model change `SIZE` to 320, `WEIGHTS` to "imagenet" and train on the full
 lists (README: Training on the full dataset).
 
     python docs/examples/recipe.py [OUT_FOLDER]      # from the repository root, or anywhere once installed

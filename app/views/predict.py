@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import guarantees_view
 import localization_view
 import numpy as np
 import pandas as pd
@@ -22,6 +23,7 @@ from pipeline import plots
 from pipeline.core import paths
 from pipeline.core.errors import InputError
 from pipeline.data import imaging
+from pipeline.evaluation.results import Conformal
 from pipeline.explain import gradcam
 from pipeline.inference import ood, serving
 
@@ -88,8 +90,10 @@ def show_verdict(answer: serving.Answer, key: str) -> bool:
 
 
 def show_image(image_name: str, image: np.ndarray, answer: serving.Answer, names: list[str], size: int,
-               thresholds: dict[str, float], model_note: str) -> None:
-    """The probability chart and the Grad-CAM overlay of one image; ``model_note`` says which model answered."""
+               thresholds: dict[str, float], model_note: str, guarantees: Conformal | None,
+               guarantee_source: str) -> None:
+    """The probability chart, the Grad-CAM overlay and the three answers of one image; ``model_note`` says which
+    model answered, ``guarantees`` (`guarantees_view.source_of`) what its answers promise."""
     probabilities, maps = answer.probabilities, answer.heatmaps
     typicality = "" if answer.verdict.typicality is None else f" typicality {answer.verdict.typicality:.2f};"
     st.caption(
@@ -123,10 +127,11 @@ def show_image(image_name: str, image: np.ndarray, answer: serving.Answer, names
                    "model used, which is not necessarily where the finding is.")
         st.download_button("Download the overlay (PNG)", png_bytes(overlay), icon=":material/download:",
                            file_name=f"{Path(image_name).stem}_{finding}_gradcam.png", mime="image/png")
+    guarantees_view.show_answers(guarantees, guarantee_source, names, answer)
 
 
 def batch_table(results: list[tuple[str, serving.Answer | None, str | None]], names: list[str],
-                thresholds: dict[str, float], show_flagged: bool) -> pd.DataFrame:
+                thresholds: dict[str, float], guarantees: Conformal | None, show_flagged: bool) -> pd.DataFrame:
     """One row per file: status, typicality, reason, each finding's probability (hidden for flagged images)."""
     rows = []
     for file, answer, error in results:
@@ -139,6 +144,7 @@ def batch_table(results: list[tuple[str, serving.Answer | None, str | None]], na
                         "Typicality": verdict.typicality, "Reason": verdict.reason or ""})
             if verdict.in_distribution or show_flagged:
                 row.update({name: round(float(p), 4) for name, p in zip(names, answer.probabilities, strict=True)})
+        row.update(guarantees_view.batch_columns(guarantees, names, answer))
         rows.append(row)
     table = pd.DataFrame(rows)
     for name in names:
@@ -185,6 +191,9 @@ if evaluation is not None:
                           f"{result.threshold_source.describe(result.target_sensitivity)}")
 model_note = (f"model `{shared.display_path(run.checkpoint)}` (run {run.name}, served by {predictor.source}); "
               f"{threshold_note}")
+guarantees, guarantee_source = None, "the run's evaluation could not be read"
+with shared.guard():
+    guarantees, guarantee_source = guarantees_view.source_of(evaluation)
 if stats_time == 0.0:
     st.info(f"Run {run.name} has no typicality statistics, so only the cheap checks (colour, flat, noise, aspect "
             "ratio) guard against images that are not chest X-rays; add them with `python -m pipeline export`.")
@@ -221,7 +230,7 @@ if len(results) == 1:
         shared.show_error(InputError(error))
         st.stop()
     if show_verdict(answer, label):
-        show_image(label, images[label], answer, names, size, thresholds, model_note)
+        show_image(label, images[label], answer, names, size, thresholds, model_note, guarantees, guarantee_source)
     st.stop()
 
 flagged = sum(1 for _, answer, _ in results if answer is not None and not answer.verdict.in_distribution)
@@ -234,7 +243,7 @@ if flagged:
     st.error(f"**{flagged} of the files do not look like chest X-rays the model can read**; their probabilities "
              "are hidden because they mean nothing.", icon=":material/block:")
 show_flagged = bool(flagged) and st.checkbox(SHOW_ANYWAY + " (flagged files)", value=False, key="anyway-batch")
-table = batch_table(results, names, thresholds, show_flagged)
+table = batch_table(results, names, thresholds, guarantees, show_flagged)
 above = [column for column in table if column.endswith(">= threshold")]
 shown = table.drop(columns=above)
 marked = [name for name in names if name in thresholds]
@@ -258,6 +267,6 @@ if readable:
                           help="One row of the table, in detail; clicking a row in the table chooses it too.")
     answer = next(answer for label, answer, _ in results if label == chosen)
     if answer.verdict.in_distribution or show_flagged:
-        show_image(chosen, images[chosen], answer, names, size, thresholds, model_note)
+        show_image(chosen, images[chosen], answer, names, size, thresholds, model_note, guarantees, guarantee_source)
     else:
         st.info(f"`{chosen}` is out of distribution ({answer.verdict.reason}); tick the box above to see it anyway.")

@@ -2,6 +2,7 @@
 ``evaluate --plots``; one look for all (`style`). Submodules by what they show; the names below are the API.
 """
 
+from pipeline.plots.conformal import CONFORMAL_PLOT, risk_coverage_figure, write_conformal_plot
 from pipeline.plots.dataset import (
     bar_chart,
     box_outline_figure,
@@ -26,6 +27,13 @@ from pipeline.plots.evaluation import (
 from pipeline.plots.localization import localization_figure
 from pipeline.plots.prediction import probability_figure
 from pipeline.plots.style import NEGATIVE, NEUTRAL, POSITIVE, SERIES, format_ci, side_legend, style
+from pipeline.plots.subgroups import (
+    GAP_MEASURES,
+    SUBGROUP_PLOTS,
+    subgroup_auc_figure,
+    subgroup_gap_figure,
+    write_subgroup_plots,
+)
 from pipeline.plots.training import training_figures
 
 __all__ = [
@@ -34,4 +42,7 @@ __all__ = [
     "label_frequency_figure", "leakage_figure", "localization_figure", "loss_contribution_figure", "pr_figure",
     "prevalence_figure", "probability_figure", "roc_figure", "side_legend", "style", "training_figures",
     "write_evaluation_plots",
+    "GAP_MEASURES", "SUBGROUP_PLOTS", "subgroup_auc_figure", "subgroup_gap_figure", "write_subgroup_plots",
+    # the conformal risk-coverage curve (pipeline.plots.conformal)
+    "CONFORMAL_PLOT", "risk_coverage_figure", "write_conformal_plot",
 ]

@@ -86,7 +86,7 @@ def sidebar() -> None:
         found = runs.find_runs(paths.artifacts_dir())
         if found:
             names = [run.name for run in found]
-            st.selectbox("Run", names, index=names.index(_default_run(found).name), key="run",
+            st.selectbox("Run", names, index=names.index(runs.default_run(found).name), key="run",
                          help=f"Training runs found under {display_path(paths.artifacts_dir() / 'runs')}")
         else:
             st.caption(f"No training run under `{display_path(paths.artifacts_dir() / 'runs')}` yet; see Home.")
@@ -124,19 +124,6 @@ def thumbnail(path: str, side: int = 320) -> np.ndarray:
     return image_folders.thumbnail(path, side)
 
 
-def _default_run(found: list[runs.Run]) -> runs.Run:
-    """The shipped demo run, else the first run with a checkpoint and an evaluation, else with a checkpoint."""
-    for wanted in (
-        lambda r: r.name == runs.DEMO_RUN and r.checkpoint,
-        lambda r: r.checkpoint and r.evaluations,
-        lambda r: r.checkpoint,
-    ):
-        for run in found:
-            if wanted(run):
-                return run
-    return found[0]
-
-
 def data_choice() -> tuple[str, Path]:
     """The sidebar's data: its name and label file."""
     name = st.session_state.get("data_source", next(iter(DATA_SOURCES)))
@@ -148,15 +135,12 @@ def chosen_run() -> runs.Run | None:
     found = {run.name: run for run in runs.find_runs(paths.artifacts_dir())}
     if not found:
         return None
-    return found.get(st.session_state.get("run", ""), _default_run(list(found.values())))
+    return found.get(st.session_state.get("run", ""), runs.default_run(list(found.values())))
 
 
 def headline_evaluation(run: runs.Run) -> Path | None:
-    """The evaluation a run is judged by: on the test set (``eval-test``), else its first evaluation, else None."""
-    for path in run.evaluations:
-        if path.name == "eval-test":
-            return path
-    return run.evaluations[0] if run.evaluations else None
+    """The evaluation the pages judge a run by (`pipeline.training.runs.headline_evaluation`)."""
+    return runs.headline_evaluation(run)
 
 
 # --- cached calls into pipeline ------------------------------------------------------------------------------

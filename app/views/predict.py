@@ -11,11 +11,10 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import guarantees as guarantees_view
-import localization as localization_view
+import guarantees_view
+import localization_view
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import shared
 import streamlit as st
 from PIL import Image
@@ -24,6 +23,7 @@ from pipeline import plots
 from pipeline.core import paths
 from pipeline.core.errors import InputError
 from pipeline.data import imaging
+from pipeline.evaluation.results import Conformal
 from pipeline.explain import gradcam
 from pipeline.inference import ood, serving
 
@@ -89,37 +89,22 @@ def show_verdict(answer: serving.Answer, key: str) -> bool:
                        help="The probabilities and heatmaps of an out-of-distribution image are not meaningful.")
 
 
-def show_image(image_name: str, image: np.ndarray, answer: serving.Answer, names: list[str], size: int) -> None:
-    """The probability chart and the Grad-CAM overlay of one image."""
+def show_image(image_name: str, image: np.ndarray, answer: serving.Answer, names: list[str], size: int,
+               thresholds: dict[str, float], model_note: str, guarantees: Conformal | None,
+               guarantee_source: str) -> None:
+    """The probability chart, the Grad-CAM overlay and the three answers of one image; ``model_note`` says which
+    model answered, ``guarantees`` (`guarantees_view.source_of`) what its answers promise."""
     probabilities, maps = answer.probabilities, answer.heatmaps
-    order = np.argsort(-probabilities, kind="stable")
     typicality = "" if answer.verdict.typicality is None else f" typicality {answer.verdict.typicality:.2f};"
     st.caption(
         f"Image `{image_name}` ({image.shape[1]} x {image.shape[0]} px, resized to {size} x {size} for the model);"
-        f"{typicality} model `{shared.display_path(run.checkpoint)}` (run {run.name}, served by "
-        f"{predictor.source}); {threshold_note}."
+        f"{typicality} {model_note}."
     )
-    ranked = [names[k] for k in order]
-    values = probabilities[order]
-    above = [name in thresholds and p >= thresholds[name] for name, p in zip(ranked, values, strict=True)]
-    fig = go.Figure(go.Bar(
-        x=values, y=ranked, orientation="h", name="Probability", text=[f"{p:.3f}" for p in values],
-        textposition="outside", cliponaxis=False,
-        marker_color=[plots.POSITIVE if a else plots.NEGATIVE for a in above],
-        hovertemplate="%{y}: %{x:.3f}<extra></extra>",
-    ))
-    marked = [name for name in ranked if name in thresholds]
-    if marked:
-        fig.add_trace(go.Scatter(
-            x=[thresholds[name] for name in marked], y=marked, mode="markers", name="Operating threshold",
-            marker={"symbol": "line-ns", "size": 22, "line": {"width": 3, "color": "#222"}},
-            hovertemplate="%{y} threshold: %{x:.3f}<extra></extra>",
-        ))
-    fig.update_layout(title="Probability of each finding", xaxis_title="Probability (0-1)", xaxis_range=[0, 1.08],
-                      yaxis={"autorange": "reversed"})
+    ranked = [names[k] for k in np.argsort(-probabilities, kind="stable")]
+    marked = any(name in thresholds for name in names)
     plot, heat = st.columns([2, 3], gap="large")
     with plot:
-        shared.chart(plots.style(fig, height=520, legend=False))
+        shared.chart(plots.probability_figure(probabilities, names, thresholds))
         tick = "A black tick marks the finding's operating threshold; red bars reach it." if marked else ""
         st.caption("Findings sorted by probability. Each finding is a separate yes/no question, so the probabilities "
                    "do not sum to 1. " + tick)
@@ -146,7 +131,7 @@ def show_image(image_name: str, image: np.ndarray, answer: serving.Answer, names
 
 
 def batch_table(results: list[tuple[str, serving.Answer | None, str | None]], names: list[str],
-                show_flagged: bool) -> pd.DataFrame:
+                thresholds: dict[str, float], guarantees: Conformal | None, show_flagged: bool) -> pd.DataFrame:
     """One row per file: status, typicality, reason, each finding's probability (hidden for flagged images)."""
     rows = []
     for file, answer, error in results:
@@ -204,6 +189,8 @@ if evaluation is not None:
         thresholds = result.thresholds
         threshold_note = (f"thresholds from `{paths.shorten(evaluation, paths.artifacts_dir())}`, "
                           f"{result.threshold_source.describe(result.target_sensitivity)}")
+model_note = (f"model `{shared.display_path(run.checkpoint)}` (run {run.name}, served by {predictor.source}); "
+              f"{threshold_note}")
 guarantees, guarantee_source = None, "the run's evaluation could not be read"
 with shared.guard():
     guarantees, guarantee_source = guarantees_view.source_of(evaluation)
@@ -243,7 +230,7 @@ if len(results) == 1:
         shared.show_error(InputError(error))
         st.stop()
     if show_verdict(answer, label):
-        show_image(label, images[label], answer, names, size)
+        show_image(label, images[label], answer, names, size, thresholds, model_note, guarantees, guarantee_source)
     st.stop()
 
 flagged = sum(1 for _, answer, _ in results if answer is not None and not answer.verdict.in_distribution)
@@ -256,7 +243,7 @@ if flagged:
     st.error(f"**{flagged} of the files do not look like chest X-rays the model can read**; their probabilities "
              "are hidden because they mean nothing.", icon=":material/block:")
 show_flagged = bool(flagged) and st.checkbox(SHOW_ANYWAY + " (flagged files)", value=False, key="anyway-batch")
-table = batch_table(results, names, show_flagged)
+table = batch_table(results, names, thresholds, guarantees, show_flagged)
 above = [column for column in table if column.endswith(">= threshold")]
 shown = table.drop(columns=above)
 marked = [name for name in names if name in thresholds]
@@ -280,6 +267,6 @@ if readable:
                           help="One row of the table, in detail; clicking a row in the table chooses it too.")
     answer = next(answer for label, answer, _ in results if label == chosen)
     if answer.verdict.in_distribution or show_flagged:
-        show_image(chosen, images[chosen], answer, names, size)
+        show_image(chosen, images[chosen], answer, names, size, thresholds, model_note, guarantees, guarantee_source)
     else:
         st.info(f"`{chosen}` is out of distribution ({answer.verdict.reason}); tick the box above to see it anyway.")

@@ -73,7 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_commands(commands)
     prediction.add_commands(commands)
     evaluation.add_commands(commands)
-    localization.add_reference_argument(commands.choices["evaluate"])
     localization.add_commands(commands)
     return parser
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.errors import InputError
 from pipeline.evaluation.results import (
     CALIBRATION_CSV,
     CONFORMAL_JSON,
@@ -49,6 +50,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--plots", action="store_true",
         help="also write roc.html, pr.html, calibration.html and the subgroup forest plots (work offline)",
     )
+    p.add_argument(
+        "--reference", metavar="NAME_OR_CSV",
+        help="score against expert labels instead: 'google2019' (the shipped Google 2019 adjudicated labels) or "
+             "a CSV in its format; only --labels images with expert labels are predicted",
+    )
     add_subgroup_flags(p)
     add_conformal_arguments(p)
     p.set_defaults(func=run_evaluate)
@@ -63,11 +69,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Predictions (from a checkpoint or a CSV) and labels in, an evaluation folder out, its table printed."""
-    from pipeline.cli import localization, warn
+    from pipeline.cli import warn
     from pipeline.evaluation import evaluate
 
     if args.reference is not None:
-        return localization.run_reference(args)
+        return run_reference(args)
     evaluation = evaluate.evaluate_files(
         args.labels,
         args.out,
@@ -103,6 +109,24 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if evaluation.conformal is not None:
         print(format_conformal(evaluation.conformal))
     print(f"wrote {', '.join(written)} to {args.out}")
+    return 0
+
+
+def run_reference(args: argparse.Namespace) -> int:
+    """`evaluate --reference`: AUCs against expert and NIH labels on the same images; writes reference.json."""
+    from pipeline.evaluation import expert_labels
+
+    unused = [flag for flag, value in (("--valid-predictions", args.valid_predictions), ("--valid-labels",
+              args.valid_labels), ("--thresholds", args.thresholds), ("--target-sensitivity", args.target_sensitivity),
+              ("--plots", args.plots or None)) if value is not None]
+    if unused:
+        raise InputError(f"{unused[0]} has no part in --reference, which reports AUCs only; leave it out")
+    summary = expert_labels.evaluate_reference(
+        args.labels, args.reference, args.out, checkpoint=args.checkpoint, images=args.images,
+        predictions_file=args.predictions, n_bootstrap=args.bootstrap, seed=args.seed,
+    )
+    print(expert_labels.format_summary(summary))
+    print(f"wrote {expert_labels.RESULT} and {expert_labels.PER_IMAGE} to {args.out}")
     return 0
 
 

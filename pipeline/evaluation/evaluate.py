@@ -26,6 +26,7 @@ from pipeline.core.files import sha256_of
 from pipeline.core.findings import FINDINGS
 from pipeline.data import label_files
 from pipeline.evaluation import conformal, metrics
+from pipeline.evaluation.bootstrap import check_bootstrap
 from pipeline.evaluation.results import (
     DEFAULT_THRESHOLD,
     LABELS_CSV,
@@ -426,7 +427,7 @@ def evaluate_predictions(
         thresholds={f: float(thresholds[f]) for f in FINDINGS},
         at_threshold={f: OperatingPoint(**point) for f, point in by_finding("at_threshold").items()},
         brier=by_finding("brier"),
-        calibration={f: Reliability(**curve) for f, curve in by_finding("calibration").items()},
+        calibration=by_finding("calibration"),
         bootstrap=Bootstrap(
             n_resamples=n_bootstrap,
             seed=seed,
@@ -451,11 +452,7 @@ def _finding_metrics(y: np.ndarray, p: np.ndarray, threshold: float, bootstrappe
         "average_precision": metrics.average_precision(y, p),
         "at_threshold": metrics.metrics_at_threshold(y, p, threshold),
         "brier": metrics.brier_score(y, p),
-        "calibration": {
-            "mean_predicted": _floats(curve.mean_predicted),
-            "observed": _floats(curve.observed),
-            "count": curve.count.tolist(),
-        },
+        "calibration": curve,
     }
 
 
@@ -578,12 +575,6 @@ def _prepared(path: str | Path) -> Any:
     return input_pipeline.open_source(path)
 
 
-def check_bootstrap(n_bootstrap: int) -> None:
-    """The one rule for a resample count: 0 (no intervals) or more."""
-    if n_bootstrap < 0:
-        raise InputError(f"`n_bootstrap` must be 0 (no intervals) or more, got {n_bootstrap}")
-
-
 def matrices(labels: pd.DataFrame, predictions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """(n, 14) labels and probabilities of aligned tables (see `pipeline.evaluation.results.align`)."""
     return labels[list(FINDINGS)].to_numpy(dtype=np.int8), predictions[list(FINDINGS)].to_numpy(dtype=np.float64)
@@ -601,7 +592,3 @@ def _missing_class(y: np.ndarray) -> str:
 
 def _concat(parts: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
-
-
-def _floats(values: np.ndarray) -> list[float | None]:
-    return [float(v) if np.isfinite(v) else None for v in values]

@@ -38,6 +38,7 @@ from pipeline.core.errors import InputError, first_items, reason
 from pipeline.core.files import output_folder, write_csv_atomic, write_json_atomic, write_text_atomic
 from pipeline.core.findings import FINDINGS
 from pipeline.data import label_files
+from pipeline.evaluation.metrics import Reliability  # the one reliability-curve type, stored here per finding
 
 PREDICTIONS_CSV = "predictions.csv"
 LABELS_CSV = "labels.csv"
@@ -97,15 +98,6 @@ class OperatingPoint:
     fp: int
     tn: int
     fn: int
-
-
-@dataclass
-class Reliability:
-    """One finding's reliability curve over equal-width probability bins (None for an empty bin)."""
-
-    mean_predicted: list[float | None]
-    observed: list[float | None]
-    count: list[int]
 
 
 @dataclass

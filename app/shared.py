@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pipeline.core import paths
-from pipeline.core.errors import InputError
+from pipeline.core.errors import InputError, first_items
 from pipeline.data import image_folders, label_files
 from pipeline.evaluation import results
 from pipeline.training import runs
@@ -102,18 +102,20 @@ def images_note() -> str:
         return f"Images: {exc}"
     if image_folders.is_custom():
         folder = image_folders.image_folders()[0]
-        return f"Images: {count:,} files in `{folder}` (from ${image_folders.ENV_VAR})."
+        skipped = image_index().skipped
+        note = f" Skipped, not regular files: {first_items(skipped)}." if skipped else ""
+        return f"Images: {count:,} files in `{folder}` (from ${image_folders.ENV_VAR}).{note}"
     return (f"Images: the {count:,} embedded in `nih/images` and `nih/boxed`. For your own full NIH folder: "
             f"`{image_folders.ENV_VAR}=/data/nih/images make run`.")
 
 
 @st.cache_resource(show_spinner="Listing the image folder...", ttl=600)
-def _image_index(folders: tuple[str, ...]) -> dict[str, str]:
+def _image_index(folders: tuple[str, ...]) -> image_folders.ImageIndex:
     # a resource, not data: shared as is, never copied (a copy of 112,120 entries per call would cost seconds)
     return image_folders.list_images(folders)
 
 
-def image_index() -> dict[str, str]:
+def image_index() -> image_folders.ImageIndex:
     """``{file name: path}`` of the images the pages show (embedded, or ``$CHESTXRAY_IMAGES``), listed once."""
     return _image_index(tuple(str(folder) for folder in image_folders.image_folders()))
 

@@ -48,8 +48,15 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if args.top < 1:
         raise InputError(f"--top must be at least 1, got {args.top}")
+    from pipeline.cli import warn
+
     predictor = serving.load_predictor(args.checkpoint)
     stats = ood.load(Path(args.checkpoint).parent)
+    if predictor.note is not None:
+        warn(predictor.note)
+    if stats is None:  # never pass an image with fewer checks than usual without saying so
+        why = ood.unavailable(args.checkpoint.parent)
+        warn(f"only the pixel checks guard these images, no typicality check: {why}")
     names = predictor.names
     if args.gradcam is not None:
         try:
@@ -103,7 +110,7 @@ def _format(
             record["ood_reason"] = verdict.reason
         if overlays:
             record["gradcam"] = overlays
-        return json.dumps(record)
+        return json.dumps(record, allow_nan=False)
     width = max(len(name) for name in names)
     lines = [str(path)]
     if not verdict.in_distribution:

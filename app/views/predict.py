@@ -185,6 +185,8 @@ if run.checkpoint is None:
 # (`python -m pipeline export`) is picked up without restarting the app.
 checkpoint_time = mtime(run.checkpoint) + mtime(serving.export_paths(run.checkpoint)[1])
 stats_time = mtime(run.checkpoint.parent / ood.STATS_FILE)
+# the statistics are valid only for the checkpoint they were fitted to: keyed on both, like the predictor
+stats_key = stats_time + mtime(run.checkpoint.parent / ood.INFO_FILE) + checkpoint_time
 try:  # opened now, before any upload, so that the first answer does not wait for it
     predictor = load_predictor(str(run.checkpoint), checkpoint_time)
 except InputError as exc:  # e.g. a checkpoint that is not a model of this project
@@ -201,9 +203,14 @@ if evaluation is not None:
         thresholds = result.thresholds
         threshold_note = (f"thresholds from `{paths.shorten(evaluation, paths.artifacts_dir())}`, "
                           f"{result.threshold_source.describe(result.target_sensitivity)}")
+if predictor.note is not None:
+    st.warning(shared.redact(predictor.note), icon=":material/warning:")
 if stats_time == 0.0:
     st.info(f"Run {run.name} has no typicality statistics, so only the cheap checks (colour, flat, noise, aspect "
             "ratio) guard against images that are not chest X-rays; add them with `python -m pipeline export`.")
+elif load_stats(str(run.checkpoint.parent), stats_key) is None:
+    st.warning(f"Only the cheap checks (colour, flat, noise, aspect ratio) guard these images: "
+               f"{ood.unavailable(run.checkpoint.parent)}", icon=":material/warning:")
 
 left, right = st.columns(2)
 uploads = left.file_uploader("Upload chest X-rays (PNG, JPEG or DICOM; several at once for a table)",
@@ -226,10 +233,10 @@ for index, (name, source) in enumerate(sources):
     try:
         decoded = imaging.load_decoded(source)
     except InputError as exc:
-        results.append((label, None, str(exc)))
+        results.append((label, None, shared.redact(str(exc))))
         continue
     images[label] = imaging.to_gray(decoded)
-    results.append((label, analyse(str(run.checkpoint), checkpoint_time, stats_time, decoded), None))
+    results.append((label, analyse(str(run.checkpoint), checkpoint_time, stats_key, decoded), None))
 
 if len(results) == 1:
     label, answer, error = results[0]

@@ -186,11 +186,14 @@ def evaluate_files(
     summary.labels_file = str(labels_file)
     summary.labels_sha256 = prepared.sha256 if prepared is not None else sha256_of(labels_file)
     summary.skipped_images = skipped
-    write_evaluation(evaluation, out)
+    extra = None
     if plots:
         from pipeline import plots as figures
 
-        figures.write_evaluation_plots(evaluation, out)
+        def extra(folder: Path) -> None:  # into the same temporary folder, named after the real one
+            figures.write_evaluation_plots(evaluation, folder, name=Path(out).name)
+
+    write_evaluation(evaluation, out, extra)
     return evaluation
 
 

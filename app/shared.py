@@ -101,10 +101,9 @@ def images_note() -> str:
     except InputError as exc:
         return f"Images: {exc}"
     if image_folders.is_custom():
-        folder = image_folders.image_folders()[0]
         skipped = image_index().skipped
         note = f" Skipped, not regular files: {first_items(skipped)}." if skipped else ""
-        return f"Images: {count:,} files in `{folder}` (from ${image_folders.ENV_VAR}).{note}"
+        return f"Images: {count:,} files in the folder named by `${image_folders.ENV_VAR}`.{note}"
     return (f"Images: the {count:,} embedded in `nih/images` and `nih/boxed`. For your own full NIH folder: "
             f"`{image_folders.ENV_VAR}=/data/nih/images make run`.")
 

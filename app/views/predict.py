@@ -125,8 +125,9 @@ def show_image(image_name: str, image: np.ndarray, answer: serving.Answer, names
     with heat:
         finding = st.selectbox("Grad-CAM for", ranked, help="Where the model's evidence for this finding lies.")
         opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05)
-        overlay = gradcam.overlay(image, maps[names.index(finding)], opacity)
-        shown, overlay, box_table = localization_view.predict_boxes(image_name, image, overlay, maps, names)
+        view = gradcam.bounded(image)  # overlays of a 50-megapixel image would cost gigabytes at full size
+        overlay = gradcam.overlay(view, maps[names.index(finding)], opacity)
+        shown, overlay, box_table = localization_view.predict_boxes(image_name, view, overlay, maps, names)
         original, blended = st.columns(2)
         original.image(shown, caption=f"Original: {image_name}", width="stretch")
         blended.image(overlay, caption=f"Grad-CAM: {finding} ({probabilities[names.index(finding)]:.3f})",
@@ -213,9 +214,11 @@ elif load_stats(str(run.checkpoint.parent), stats_key) is None:
                f"{ood.unavailable(run.checkpoint.parent)}", icon=":material/warning:")
 
 left, right = st.columns(2)
+upload_mb = int(st.get_option("server.maxUploadSize"))  # .streamlit/config.toml: sized to the server's memory
 uploads = left.file_uploader("Upload chest X-rays (PNG, JPEG or DICOM; several at once for a table)",
                              type=["png", "jpg", "jpeg", "dcm", "dicom"], accept_multiple_files=True,
-                             help="Read in memory and never written to disk.")
+                             help=f"Up to {upload_mb} MB and {imaging.MAX_PIXELS // 1_000_000} megapixels per "
+                                  "file. Read in memory and never written to disk.")
 try:
     available = shared.image_index()
     sample = choose_image(right, available)
@@ -231,6 +234,9 @@ images: dict[str, np.ndarray] = {}
 for index, (name, source) in enumerate(sources):
     label = name if all(other != name for other, _ in sources[:index]) else f"{name} ({index + 1})"
     try:
+        if getattr(source, "size", 0) > upload_mb * 2**20:  # Streamlit refuses these too; never decode one
+            raise InputError(f"{name}: {source.size / 2**20:.0f} MB is over the {upload_mb} MB upload limit; "
+                             "downscale the image or export it compressed")
         decoded = imaging.load_decoded(source)
     except InputError as exc:
         results.append((label, None, shared.redact(str(exc))))

@@ -37,7 +37,8 @@ def run_predict(args: argparse.Namespace) -> int:
     Output per image: a block of 14 ``finding  probability`` rows, or with ``--json`` one line
     ``{"image": path, "probabilities": {finding: p}, "in_distribution": bool, "typicality": t}`` (plus
     ``"ood_reason"`` when not in distribution and ``"gradcam": {finding: png}`` with ``--gradcam``).
-    ``--gradcam DIR`` writes ``DIR/<name>_<finding>.png`` overlays of the ``--top`` most probable findings,
+    ``--gradcam DIR`` writes ``DIR/<name>_<finding>.png`` overlays of the ``--top`` most probable findings (at
+    the image's size, or shrunk to `pipeline.explain.gradcam.OVERLAY_SIDE` px on the longer side),
     with names made unique across the batch (`pipeline.inference.predict.overlay_stems`). Answers come from the run's
     export when it is current (no TensorFlow). Returns 0 when every image was predicted, 2 when some could
     not be read (each reason is on stderr and the readable images are still predicted).
@@ -72,10 +73,11 @@ def run_predict(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr, flush=True)
             failed += 1
             continue
-        answer = serving.analyse(predictor, stats, [decoded])[0]
+        # heatmaps at the model's size and overlays at most `gradcam.OVERLAY_SIDE`: memory stays bounded
+        answer = serving.analyse(predictor, stats, [decoded], heatmap_size=predictor.input_size)[0]
         overlays: dict[str, str] = {}
         if args.gradcam is not None:
-            gray = imaging.to_gray(decoded)
+            gray = gradcam.bounded(imaging.to_gray(decoded))
             for k in np.argsort(-answer.probabilities, kind="stable")[: args.top]:
                 out = args.gradcam / f"{stem}_{names[k]}.png"
                 gradcam.write_overlay(gradcam.overlay(gray, answer.heatmaps[k]), out)

@@ -293,9 +293,12 @@ def _window(ds: pydicom.Dataset) -> tuple[float, float] | None:
 
 def _min_max(values: np.ndarray) -> np.ndarray:
     """Scale to 0-255 over the image's own range; a constant image becomes all zeros."""
-    values = values.astype(np.float64)
     low, high = float(values.min()), float(values.max())
     if high <= low:
         return np.zeros(values.shape, np.uint8)
-    return np.rint((values - low) * (255.0 / (high - low))).astype(np.uint8)
+    # float32 in place: one copy of a 50-megapixel image is 200 MB, each float64 temporary would be 400 MB
+    scaled = values.astype(np.float32)
+    scaled -= low
+    scaled *= 255.0 / (high - low)
+    return np.rint(scaled, out=scaled).astype(np.uint8)
 

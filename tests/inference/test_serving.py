@@ -309,3 +309,16 @@ def test_onnx_runtime_writes_no_telemetry(run, tmp_path):
                             timeout=300)
     assert result.returncode == 0, result.stderr
     assert list(home.rglob("*")) == []
+
+
+def test_overlays_of_a_large_image_are_bounded(run, tmp_path):
+    from pipeline.explain import gradcam
+
+    big = cv2.resize(imaging.load_image(REAL[0]), (3000, 2600), interpolation=cv2.INTER_CUBIC)
+    cv2.imwrite(str(tmp_path / "big.png"), big)
+    result = run_cli("predict", "--checkpoint", str(run / "best.keras"), "--json", "--gradcam", str(tmp_path / "cams"),
+                     "--top", "2", str(tmp_path / "big.png"))
+    assert result.returncode == 0, result.stderr
+    written = json.loads(result.stdout.splitlines()[0])["gradcam"]
+    shapes = {cv2.imread(path).shape for path in written.values()}
+    assert shapes == {(round(2600 * gradcam.OVERLAY_SIDE / 3000), gradcam.OVERLAY_SIDE, 3)}

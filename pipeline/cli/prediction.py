@@ -88,13 +88,19 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """Add the inference export and the typicality statistics to a run folder; print what was written."""
+    from pipeline.cli import warn
     from pipeline.data import input_pipeline
     from pipeline.inference import serving
     from pipeline.networks import densenet
+    from pipeline.training import run_folder
 
     checkpoint = args.run / "best.keras"
-    net = densenet.load(checkpoint)
     sources = [input_pipeline.open_source(path, args.images) for path in (args.train, args.valid)]
+    # the typicality threshold is fitted to these images: another run's labels would silently move it
+    unchecked = run_folder.check_same_data(args.run, sources[0].sha256, sources[1].sha256, "export")
+    if unchecked is not None:
+        warn(unchecked)
+    net = densenet.load(checkpoint)
     images = [input_pipeline.sample(source, serving.MAX_STATS_IMAGES, densenet.input_size(net)) for source in sources]
     summary = serving.add_serving_artifacts(args.run, net, images[0], images[1], checkpoint)
     print(json.dumps(summary, indent=2))

@@ -174,8 +174,21 @@ def test_export_command_adds_both_files_to_a_run(small_model, tmp_path, capsys):
     assert main(argv) == 2  # no checkpoint yet: one line, no traceback
     assert "checkpoint not found" in capsys.readouterr().err
     densenet.save(small_model, tmp_path / "run" / "best.keras")
+    from pipeline.core.files import sha256_of
+
+    config = {"train": "train.csv", "valid": "valid.csv", "train_sha256": sha256_of(tmp_path / "train.csv"),
+              "valid_sha256": sha256_of(tmp_path / "valid.csv")}
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    labels["train-small"].head(40).to_csv(tmp_path / "other.csv", index=False)  # another run's training labels
+    other = [str(tmp_path / "other.csv") if a == str(tmp_path / "train.csv") else a for a in argv]
+    assert main(other) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: export: these training labels differ") and err.count("\n") == 1
+    assert "train.csv" in err and not (tmp_path / "run" / "best.onnx").exists()
     assert main(argv) == 0
-    summary = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    assert captured.err == ""  # the run's own labels: checked, nothing to say
+    summary = json.loads(captured.out)
     assert summary["train_images"] == 12 and summary["valid_pass_rate"] == 1.0
     assert {p.name for p in (tmp_path / "run").iterdir()} >= {"best.onnx", "best.onnx.json", ood.STATS_FILE,
                                                               ood.INFO_FILE}

@@ -5,11 +5,12 @@
 constants, and the graph returns the probabilities, the last feature maps (``relu``) and the 14 class
 activation maps, so Grad-CAM (`explain.gradcam`) and the typicality score (`inference.ood`) come from the
 same forward pass. `load_predictor` runs that export with ONNX Runtime when it was made from the
-checkpoint as it is now (its SHA-256 is recorded), and otherwise falls back to the checkpoint in Keras:
+checkpoint as it is now (its SHA-256 is recorded) and its own bytes match the SHA-256 recorded at export
+(else it is refused: altered or damaged), and otherwise falls back to the checkpoint in Keras, saying so:
 the checkpoint stays the source of truth. TensorFlow is imported only by `export` and the fallback.
 
-About 350 lines: the export, the two predictors and the statistics pass share one contract (the export's
-outputs and its info file), which is easiest to check in one place.
+About 400 lines: the export, its verification (the recorded SHA-256, finite outputs), the two predictors and the
+statistics pass share one contract (the export's outputs and its info file), easiest to check in one place.
 """
 
 from __future__ import annotations

@@ -335,3 +335,13 @@ def test_overlays_of_a_large_image_are_bounded(run, tmp_path):
     written = json.loads(result.stdout.splitlines()[0])["gradcam"]
     shapes = {cv2.imread(path).shape for path in written.values()}
     assert shapes == {(round(2600 * gradcam.OVERLAY_SIDE / 3000), gradcam.OVERLAY_SIDE, 3)}
+
+
+def test_predict_refuses_a_fifo_in_one_line_and_answers_the_rest(run, tmp_path):
+    fifo = tmp_path / "scan.png"
+    os.mkfifo(fifo)
+    result = run_cli("predict", "--checkpoint", str(run / "best.keras"), "--json", str(fifo), str(REAL[0]))
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "scan.png" in errors[0] and "FIFO" in errors[0]
+    assert json.loads(result.stdout.splitlines()[0])["image"] == str(REAL[0])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import guarantees as guarantees_view
 import localization as localization_view
 import numpy as np
 import pandas as pd
@@ -142,6 +143,7 @@ def show_image(image_name: str, image: np.ndarray, answer: serving.Answer, names
                    "model used, which is not necessarily where the finding is.")
         st.download_button("Download the overlay (PNG)", png_bytes(overlay), icon=":material/download:",
                            file_name=f"{Path(image_name).stem}_{finding}_gradcam.png", mime="image/png")
+    guarantees_view.show_answers(guarantees, guarantee_source, names, answer)
 
 
 def batch_table(results: list[tuple[str, serving.Answer | None, str | None]], names: list[str],
@@ -158,6 +160,7 @@ def batch_table(results: list[tuple[str, serving.Answer | None, str | None]], na
                         "Typicality": verdict.typicality, "Reason": verdict.reason or ""})
             if verdict.in_distribution or show_flagged:
                 row.update({name: round(float(p), 4) for name, p in zip(names, answer.probabilities, strict=True)})
+        row.update(guarantees_view.batch_columns(guarantees, names, answer))
         rows.append(row)
     table = pd.DataFrame(rows)
     for name in names:
@@ -204,6 +207,9 @@ if evaluation is not None:
         thresholds = result.thresholds
         threshold_note = (f"thresholds from `{paths.shorten(evaluation, paths.artifacts_dir())}`, "
                           f"{result.threshold_source.describe(result.target_sensitivity)}")
+guarantees, guarantee_source = None, "the run's evaluation could not be read"
+with shared.guard():
+    guarantees, guarantee_source = guarantees_view.source_of(evaluation)
 if predictor.note is not None:
     st.warning(shared.redact(predictor.note), icon=":material/warning:")
 if stats_time == 0.0:

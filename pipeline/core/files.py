@@ -53,12 +53,13 @@ def output_folder(path: str | os.PathLike[str]) -> Path:
 
 
 @contextmanager
-def staged_folder(path: str | os.PathLike[str], last: str) -> Iterator[Path]:
+def staged_folder(path: str | os.PathLike[str], last: str, replaces: tuple[str, ...] = ()) -> Iterator[Path]:
     """Write a folder whole or not at all: yield an empty temporary folder beside ``path`` to write into.
 
     When the block ends, a new ``path`` is the temporary folder renamed; an existing one gets the new files
     moved in (renames need no space), its old ``last`` file (the one that vouches for the rest) removed first
-    and the new one moved in last, other files left alone. When writing fails (a full disk) nothing in
+    and the new one moved in last; files named in ``replaces`` that the new folder lacks are removed (an
+    earlier result's optional files), others left alone. When writing fails (a full disk) nothing in
     ``path`` has changed, the temporary folder is removed and the `OSError` becomes a one-line `InputError`.
     """
     target = Path(path)
@@ -73,6 +74,9 @@ def staged_folder(path: str | os.PathLike[str], last: str) -> Iterator[Path]:
         if not target.is_dir():
             raise InputError(f"{target}: exists and is not a folder; give a folder for the results")
         (target / last).unlink(missing_ok=True)
+        for name in replaces:
+            if not (stage / name).exists():
+                (target / name).unlink(missing_ok=True)
         for item in sorted(stage.iterdir(), key=lambda item: item.name == last):
             os.replace(item, target / item.name)
     except OSError as exc:

@@ -117,7 +117,7 @@ selection = filtered(*filters)
 try:
     available = shared.image_index()
 except InputError as exc:  # $CHESTXRAY_IMAGES names no folder
-    st.error(str(exc), icon=":material/error:")
+    shared.show_error(exc)
     available = {}
 where = "the image folder" if image_folders.is_custom() else "`nih/images` and `nih/boxed`"
 present = sorted(name for name in selection["Image"] if name in available)  # dict lookups: fast at 112,120

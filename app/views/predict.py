@@ -111,8 +111,9 @@ def show_image(image_name: str, image: np.ndarray, answer: serving.Answer, names
     with heat:
         finding = st.selectbox("Grad-CAM for", ranked, help="Where the model's evidence for this finding lies.")
         opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05)
-        overlay = gradcam.overlay(image, maps[names.index(finding)], opacity)
-        shown, overlay, box_table = localization_view.predict_boxes(image_name, image, overlay, maps, names)
+        view = gradcam.bounded(image)  # overlays of a 50-megapixel image would cost gigabytes at full size
+        overlay = gradcam.overlay(view, maps[names.index(finding)], opacity)
+        shown, overlay, box_table = localization_view.predict_boxes(image_name, view, overlay, maps, names)
         original, blended = st.columns(2)
         original.image(shown, caption=f"Original: {image_name}", width="stretch")
         blended.image(overlay, caption=f"Grad-CAM: {finding} ({probabilities[names.index(finding)]:.3f})",
@@ -173,6 +174,8 @@ if run.checkpoint is None:
 # (`python -m pipeline export`) is picked up without restarting the app.
 checkpoint_time = mtime(run.checkpoint) + mtime(serving.export_paths(run.checkpoint)[1])
 stats_time = mtime(run.checkpoint.parent / ood.STATS_FILE)
+# the statistics are valid only for the checkpoint they were fitted to: keyed on both, like the predictor
+stats_key = stats_time + mtime(run.checkpoint.parent / ood.INFO_FILE) + checkpoint_time
 try:  # opened now, before any upload, so that the first answer does not wait for it
     predictor = load_predictor(str(run.checkpoint), checkpoint_time)
 except InputError as exc:  # e.g. a checkpoint that is not a model of this project
@@ -194,14 +197,21 @@ model_note = (f"model `{shared.display_path(run.checkpoint)}` (run {run.name}, s
 guarantees, guarantee_source = None, "the run's evaluation could not be read"
 with shared.guard():
     guarantees, guarantee_source = guarantees_view.source_of(evaluation)
+if predictor.note is not None:
+    st.warning(shared.redact(predictor.note), icon=":material/warning:")
 if stats_time == 0.0:
     st.info(f"Run {run.name} has no typicality statistics, so only the cheap checks (colour, flat, noise, aspect "
             "ratio) guard against images that are not chest X-rays; add them with `python -m pipeline export`.")
+elif load_stats(str(run.checkpoint.parent), stats_key) is None:
+    st.warning(f"Only the cheap checks (colour, flat, noise, aspect ratio) guard these images: "
+               f"{ood.unavailable(run.checkpoint.parent)}", icon=":material/warning:")
 
 left, right = st.columns(2)
+upload_mb = int(st.get_option("server.maxUploadSize"))  # .streamlit/config.toml: sized to the server's memory
 uploads = left.file_uploader("Upload chest X-rays (PNG, JPEG or DICOM; several at once for a table)",
                              type=["png", "jpg", "jpeg", "dcm", "dicom"], accept_multiple_files=True,
-                             help="Read in memory and never written to disk.")
+                             help=f"Up to {upload_mb} MB and {imaging.MAX_PIXELS // 1_000_000} megapixels per "
+                                  "file. Read in memory and never written to disk.")
 try:
     available = shared.image_index()
     sample = choose_image(right, available)
@@ -217,12 +227,15 @@ images: dict[str, np.ndarray] = {}
 for index, (name, source) in enumerate(sources):
     label = name if all(other != name for other, _ in sources[:index]) else f"{name} ({index + 1})"
     try:
+        if getattr(source, "size", 0) > upload_mb * 2**20:  # Streamlit refuses these too; never decode one
+            raise InputError(f"{name}: {source.size / 2**20:.0f} MB is over the {upload_mb} MB upload limit; "
+                             "downscale the image or export it compressed")
         decoded = imaging.load_decoded(source)
     except InputError as exc:
-        results.append((label, None, str(exc)))
+        results.append((label, None, shared.redact(str(exc))))
         continue
     images[label] = imaging.to_gray(decoded)
-    results.append((label, analyse(str(run.checkpoint), checkpoint_time, stats_time, decoded), None))
+    results.append((label, analyse(str(run.checkpoint), checkpoint_time, stats_key, decoded), None))
 
 if len(results) == 1:
     label, answer, error = results[0]

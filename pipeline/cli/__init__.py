@@ -9,6 +9,7 @@ and `leakage` start fast. One module per command group; nothing in the library i
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -78,17 +79,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; its exit code (2 for bad input, 130 when interrupted)."""
+    """Run one command; its exit code (2 for bad input, 130 when interrupted, 1 when stdout's reader left)."""
     args = build_parser().parse_args(argv)
     quiet.silence_tensorflow(args.verbose)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # inside the frame, so that a reader gone away (`| head`) is seen here
+        return code
     except InputError as exc:
         print(f"error: {as_flags(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of stdout (`stats --json | head`) has closed it: stop quietly, and point stdout at
+        # /dev/null so that Python's own flush at exit does not report the same broken pipe again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 1
 
 
 def warn(message: str) -> None:

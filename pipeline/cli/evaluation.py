@@ -97,13 +97,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.plots:
         from pipeline.plots import EVALUATION_PLOTS, write_evaluation_plots
 
-        write_evaluation_plots(evaluation, args.out)
-        written += list(EVALUATION_PLOTS)
-        if evaluation.conformal is not None:
-            from pipeline.plots import CONFORMAL_PLOT, write_conformal_plot
+        try:  # the evaluation folder is complete by now; a full disk costs only the figures
+            write_evaluation_plots(evaluation, args.out)
+            written += list(EVALUATION_PLOTS)
+            if evaluation.conformal is not None:
+                from pipeline.plots import CONFORMAL_PLOT, write_conformal_plot
 
-            write_conformal_plot(evaluation.conformal, evaluation.risk_coverage, args.out)
-            written.append(CONFORMAL_PLOT)
+                write_conformal_plot(evaluation.conformal, evaluation.risk_coverage, args.out)
+                written.append(CONFORMAL_PLOT)
+        except OSError as exc:
+            raise InputError(f"{args.out}: the evaluation is written, but not its figures ({exc.strerror}); "
+                             "free space and rerun with --plots") from None
     print(format_metrics(evaluation.summary))
     written += print_subgroups(args.out, args.plots)
     if evaluation.conformal is not None:

@@ -145,14 +145,18 @@ def evaluate_files(
     )
     audit, metadata = (_subgroup_audit(evaluation, age_edges, subgroup_min, n_bootstrap, seed) if subgroups
                        else (None, None))
-    write_evaluation(evaluation, out)
-    write_subgroups(audit, metadata, out)
     if miss_rate is not None:  # calibrated on the validation data, checked on these images
         evaluation.conformal, evaluation.risk_coverage = conformal.from_tables(
             scored.valid, evaluation.labels, evaluation.predictions, miss_rate, false_alarm_rate,
             test=Path(labels_file).name, n_bootstrap=n_bootstrap, seed=seed,
             out_of_distribution=scored.out_of_distribution)
-        write_conformal(evaluation.conformal, evaluation.risk_coverage, out)
+
+    def optional_files(folder: Path) -> None:  # into the same temporary folder: the whole folder or nothing
+        write_subgroups(audit, metadata, folder)
+        if evaluation.conformal is not None:
+            write_conformal(evaluation.conformal, evaluation.risk_coverage, folder)
+
+    write_evaluation(evaluation, out, optional_files)
     return evaluation
 
 

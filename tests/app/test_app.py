@@ -266,6 +266,29 @@ def test_predict_sample_upload_and_corrupt_file(app):
     assert not app.error and len(app.image) == 2
 
 
+def test_predict_shows_no_server_paths_skips_special_files_and_states_the_upload_limit(artifacts, tmp_path,
+                                                                                      monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    os.symlink(IMAGES / "00000001_000.png", folder / "00000001_000.png")
+    os.mkfifo(folder / "00000002_000.png")  # a page that opened it would block for ever
+    monkeypatch.setenv("CHESTXRAY_ARTIFACTS", str(artifacts))
+    monkeypatch.setenv("CHESTXRAY_IMAGES", str(folder))
+    monkeypatch.chdir(REPO)
+    at = AppTest.from_file(MAIN, default_timeout=TIMEOUT)
+    at.run()
+    open_page(at, "predict")
+    page = text(at)
+    assert "$CHESTXRAY_ARTIFACTS/runs/tiny/best.keras" in page
+    for where in (str(artifacts), str(tmp_path)):
+        assert where not in page, page[page.find(where) - 300 : page.find(where) + 100]
+    picker = widget(at.selectbox, "Or pick an image")
+    assert picker.options == ["00000001_000.png"] and "not regular files: 00000002_000.png" in picker.help
+    assert "Up to 100 MB" in at.get("file_uploader")[0].help
+
+
 # --- damaged artifacts: one error frame ---------------------------------------------------------------------------
 
 PAGES = ("home", "dataset", "leakage", "balance", "performance", "predict")

@@ -6,6 +6,7 @@ All inputs are real: NIH originals from tests/fixtures, and PNG/JPEG/DICOM files
 from __future__ import annotations
 
 import io
+import os
 import resource
 import struct
 import sys
@@ -278,3 +279,43 @@ def test_resize_shrinks_with_area_and_grows_with_linear(gray: np.ndarray) -> Non
     big = resize(gray[:64, :64], 128)
     assert big.shape == (128, 128) and big.dtype == np.uint8
     np.testing.assert_array_equal(big, cv2.resize(gray[:64, :64], (128, 128), interpolation=cv2.INTER_LINEAR))
+
+
+def unblocked(fifo: Path, call) -> object:
+    """``call()`` run in a thread that must finish within 10 s; the FIFO is opened for writing afterwards, so a
+    reader blocked on it (the defect) is released instead of hanging the test session."""
+    import threading
+
+    outcome: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = call()
+        except Exception as exc:  # noqa: BLE001 - handed to the test below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(10)
+    blocked = thread.is_alive()
+    if blocked:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(10)
+    assert not blocked, f"blocked on the FIFO {fifo}"
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome.get("value")
+
+
+def test_fifo_is_refused_at_once_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "scan.png"
+    os.mkfifo(fifo)
+    message = unblocked(fifo, lambda: refused(fifo))
+    assert "scan.png" in message and "FIFO" in message and "regular file" in message
+
+
+def test_symlink_loop_is_reported_as_a_loop(tmp_path: Path) -> None:
+    (tmp_path / "a.png").symlink_to(tmp_path / "b.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "a.png")
+    message = refused(tmp_path / "a.png")
+    assert "loop" in message and "permission" not in message

@@ -46,11 +46,24 @@ def find_runs(artifacts: str | Path) -> list[Run]:
         checkpoints = tuple(sorted(folder.glob("checkpoints/[!.]*.keras"), key=lambda p: (p.stat().st_mtime, p.name)))
         best = folder / "best.keras"
         checkpoint = best if best.is_file() else (checkpoints[-1] if checkpoints else None)
-        evaluations = tuple(sorted(p.parent for p in folder.glob("*/metrics.json")))
+        evaluations = run_evaluations(folder)
         has_record = (folder / "config.json").is_file() or (folder / "history.csv").is_file()
         if checkpoint or evaluations or has_record:
             runs.append(Run(folder.name, folder, checkpoint, checkpoints, evaluations))
     return runs
+
+
+def run_evaluations(run_dir: str | Path) -> tuple[Path, ...]:
+    """The evaluation folders (``*/metrics.json``) directly inside one run folder, sorted."""
+    return tuple(sorted(p.parent for p in Path(run_dir).glob("*/metrics.json")))
+
+
+def headline_evaluation(evaluations: tuple[Path, ...] | list[Path]) -> Path | None:
+    """The evaluation a run is judged by: on the test set (``eval-test``), else its first, else None."""
+    for path in evaluations:
+        if path.name == "eval-test":
+            return path
+    return evaluations[0] if evaluations else None
 
 
 def find_evaluations(artifacts: str | Path) -> list[Path]:

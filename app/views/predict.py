@@ -177,12 +177,12 @@ if run is None:
     shared.explain_missing_run()
     st.stop()
 if run.checkpoint is None:
-    st.info(f"Run {run.name} has no checkpoint yet; train it with:")
+    st.info(shared.no_checkpoint_note(run), icon=":material/info:")
     st.code(shared.train_command(run.path), language="bash")
     st.stop()
 
 # The cached predictor and answers are keyed on the checkpoint's and its export's times, so a new export
-# (`python -m pipeline export`) is picked up without restarting the app.
+# (`chestxray export`) is picked up without restarting the app.
 checkpoint_time = mtime(run.checkpoint) + mtime(serving.export_paths(run.checkpoint)[1])
 stats_time = mtime(run.checkpoint.parent / ood.STATS_FILE)
 try:  # opened now, before any upload, so that the first answer does not wait for it
@@ -203,7 +203,8 @@ if evaluation is not None:
                           f"{result.threshold_source.describe(result.target_sensitivity)}")
 if stats_time == 0.0:
     st.info(f"Run {run.name} has no typicality statistics, so only the cheap checks (colour, flat, noise, aspect "
-            "ratio) guard against images that are not chest X-rays; add them with `python -m pipeline export`.")
+            "ratio) guard against images that are not chest X-rays; add them with:")
+    st.code(shared.export_command(run.path), language="bash")
 
 left, right = st.columns(2)
 uploads = left.file_uploader("Upload chest X-rays (PNG, JPEG or DICOM; several at once for a table)",

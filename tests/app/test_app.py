@@ -132,8 +132,8 @@ def test_pages_without_any_run_say_how_to_make_one(tmp_path, monkeypatch):
             open_page(at, page)
         body = text(at)
         assert "No trained model yet" in body, page
-        assert "python -m pipeline train --train nih/train-small.csv" in body
-        assert "python -m pipeline evaluate --checkpoint" in body
+        assert ".venv/bin/chestxray train --train nih/train-small.csv" in body
+        assert ".venv/bin/chestxray evaluate --checkpoint" in body
 
 
 def test_only_predict_imports_tensorflow(artifacts):
@@ -299,7 +299,7 @@ def test_damaged_artifacts_never_end_a_page_in_a_traceback(artifacts, tmp_path, 
         assert metric(at, "Images") == "549" and "Intended use" in [h.value for h in at.subheader]
         assert "trained from scratch" in body  # the run's config is intact
         if kind == "missing-checkpoint":
-            assert "no checkpoint yet" in body and "python -m pipeline train" in body
+            assert "has no checkpoint" in body and ".venv/bin/chestxray train" in body
     elif page == "performance":
         if kind == "corrupt-metrics":  # the test evaluation is unreadable: the others are offered
             assert "runs/tiny/eval-valid" in widget(at.multiselect, "Evaluations").options
@@ -307,7 +307,7 @@ def test_damaged_artifacts_never_end_a_page_in_a_traceback(artifacts, tmp_path, 
             assert len(at.get("plotly_chart")) >= 3
     elif page == "predict":
         if kind == "missing-checkpoint":
-            assert "has no checkpoint yet" in body
+            assert "has no checkpoint" in body
         else:
             assert len(at.get("plotly_chart")) == 1 and len(at.image) == 2
             marked = "no operating thresholds are marked" in body

@@ -165,7 +165,7 @@ def test_every_page_in_a_browser(page, served):
     if runs.find_evaluations(folder):
         assert screenshot(page, "performance", min_charts=1) >= 1
     else:  # a demo model committed without its evaluation: the page says how to make one
-        assert page.get_by_text("python -m pipeline evaluate", exact=False).first.is_visible()
+        assert page.get_by_text("chestxray evaluate", exact=False).first.is_visible()
         screenshot(page, "performance")
 
 

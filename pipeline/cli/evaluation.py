@@ -43,7 +43,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--bootstrap", type=int, default=1000, help="resamples of the images for the 95%% intervals")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     p.add_argument(
-        "--plots", action="store_true", help="also write roc.html, pr.html and calibration.html (work offline)"
+        "--plots", action="store_true",
+        help="also write curves.html: ROC, PR and calibration on one page (works offline and copied alone)",
     )
     p.set_defaults(func=run_evaluate)
 

@@ -8,7 +8,7 @@ An evaluation folder is self-describing; the dashboard, `evaluation.compare` and
   operating threshold and sensitivity, specificity, PPV, NPV, F1 and confusion counts there, Brier score and
   calibration; the macro mean AUC with its interval; where the predictions, labels and thresholds came from;
 - ``roc.csv``, ``pr.csv``, ``calibration.csv``: the curves, so that plots need no recomputation;
-- with ``evaluate --plots``, ``roc.html``, ``pr.html``, ``calibration.html``: the figures of `pipeline.plots`.
+- with ``evaluate --plots``, ``curves.html``: the figures of `pipeline.plots` on one self-contained page.
 
 Each file is written through a temporary file and a rename, and ``metrics.json`` last, so a folder with a
 ``metrics.json`` is complete. `Summary.to_json` writes the keys in the order earlier versions wrote them, so

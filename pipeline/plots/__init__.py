@@ -4,8 +4,8 @@
 
 from pipeline.plots.dataset import bar_chart, cooccurrence_figure, prevalence_figure
 from pipeline.plots.evaluation import (
+    EVALUATION_PAGE,
     EVALUATION_PLOTS,
-    PLOTLY_JS,
     Curves,
     ap_legend,
     auc_legend,
@@ -19,7 +19,8 @@ from pipeline.plots.style import NEGATIVE, NEUTRAL, POSITIVE, SERIES, format_ci,
 from pipeline.plots.training import training_figures
 
 __all__ = [
-    "EVALUATION_PLOTS", "NEGATIVE", "NEUTRAL", "PLOTLY_JS", "POSITIVE", "SERIES", "Curves", "ap_legend", "auc_legend",
+    "EVALUATION_PAGE", "EVALUATION_PLOTS", "NEGATIVE", "NEUTRAL", "POSITIVE", "SERIES", "Curves", "ap_legend",
+    "auc_legend",
     "bar_chart", "brier_legend", "calibration_figure", "cooccurrence_figure", "format_ci", "pr_figure",
     "prevalence_figure", "roc_figure", "side_legend", "style", "training_figures", "write_evaluation_plots",
 ]

@@ -22,6 +22,7 @@ from PIL import Image
 from pipeline import plots
 from pipeline.core import paths
 from pipeline.core.errors import InputError
+from pipeline.core.text import count, plural
 from pipeline.data import imaging
 from pipeline.explain import gradcam
 from pipeline.inference import ood, serving
@@ -29,6 +30,7 @@ from pipeline.inference import ood, serving
 SHOW_ANYWAY = "Show the probabilities anyway"
 PICK_LIST = 5000  # more images than this are picked by typing a file name
 DEFAULT_IMAGE = "00000001_000.png"  # the first sample image, as before the boxed images joined the list
+LABEL_X = 1.02  # where the probability values are written, just right of 1.0 (no threshold or bar reaches it)
 
 
 @st.cache_resource(show_spinner="Loading the model...", max_entries=2)
@@ -51,15 +53,22 @@ def analyse(checkpoint: str, modified: float, stats_modified: float, decoded: np
     return serving.analyse(predictor, stats, [decoded], heatmap_size=predictor.input_size)[0]
 
 
-def choose_image(column, available: dict) -> str:
-    """The picked image's name: a list for up to `PICK_LIST` images, else its file name typed in."""
+def choose_image(column, available: dict, uploaded: bool) -> str:
+    """The picked image's name: a list for up to `PICK_LIST` images, else its file name typed in; disabled (and
+    saying so) while files are uploaded, since the uploads are what is shown."""
     if not available:
         raise InputError("the image folder holds no PNG, JPEG or DICOM file; upload one instead")
     names = list(available)
+    note = ("Not used while files are uploaded: remove them (x) to predict a picked image. " if uploaded else
+            "Used when no file is uploaded; ") + shared.images_note()
     if len(names) <= PICK_LIST:
-        return column.selectbox("Or pick an image", names, index=names.index(DEFAULT_IMAGE) if DEFAULT_IMAGE in
-                                names else 0, help="Used when no file is uploaded; " + shared.images_note())
-    typed = column.text_input("Or give an image's file name", names[0], help=shared.images_note()).strip()
+        picked = column.selectbox("Or pick an image", names, index=names.index(DEFAULT_IMAGE) if DEFAULT_IMAGE in
+                                  names else 0, help=note, disabled=uploaded)
+    else:
+        picked = column.text_input("Or give an image's file name", names[0], help=note, disabled=uploaded).strip()
+    if uploaded:
+        column.caption("Showing the uploaded files; the picker is used when no file is uploaded.")
+    typed = picked
     if typed not in available:
         raise InputError(f"{typed}: no such image in the folder; give a file name such as {names[0]}")
     return typed
@@ -102,11 +111,14 @@ def show_image(image_name: str, image: np.ndarray, answer: serving.Answer, names
     values = probabilities[order]
     above = [name in thresholds and p >= thresholds[name] for name, p in zip(ranked, values, strict=True)]
     fig = go.Figure(go.Bar(
-        x=values, y=ranked, orientation="h", name="Probability", text=[f"{p:.3f}" for p in values],
-        textposition="outside", cliponaxis=False,
+        x=values, y=ranked, orientation="h", name="Probability",
         marker_color=[plots.POSITIVE if a else plots.NEGATIVE for a in above],
         hovertemplate="%{y}: %{x:.3f}<extra></extra>",
     ))
+    # the values in a column right of the axis's end, where no bar end or threshold tick can sit under them
+    fig.add_trace(go.Scatter(x=[LABEL_X] * len(values), y=ranked, mode="text", text=[f"{p:.3f}" for p in values],
+                             textposition="middle right", hoverinfo="skip", name="Probability value",
+                             cliponaxis=False))
     marked = [name for name in ranked if name in thresholds]
     if marked:
         fig.add_trace(go.Scatter(
@@ -114,7 +126,8 @@ def show_image(image_name: str, image: np.ndarray, answer: serving.Answer, names
             marker={"symbol": "line-ns", "size": 22, "line": {"width": 3, "color": "#222"}},
             hovertemplate="%{y} threshold: %{x:.3f}<extra></extra>",
         ))
-    fig.update_layout(title="Probability of each finding", xaxis_title="Probability (0-1)", xaxis_range=[0, 1.08],
+    fig.update_layout(title="Probability of each finding", xaxis_title="Probability (0-1)",
+                      xaxis={"range": [0, 1.17], "tickvals": [0, 0.2, 0.4, 0.6, 0.8, 1.0]},
                       yaxis={"autorange": "reversed"})
     plot, heat = st.columns([2, 3], gap="large")
     with plot:
@@ -145,26 +158,28 @@ def show_image(image_name: str, image: np.ndarray, answer: serving.Answer, names
 
 def batch_table(results: list[tuple[str, serving.Answer | None, str | None]], names: list[str],
                 show_flagged: bool) -> pd.DataFrame:
-    """One row per file: status, typicality, reason, each finding's probability (hidden for flagged images)."""
+    """One row per file: file, status, each finding's probability (hidden for flagged images), typicality and the
+    reason last, so the long reasons never push the findings out of view; empty cells where nothing applies."""
     rows = []
     for file, answer, error in results:
-        row: dict[str, object] = {"File": file}
+        row: dict[str, object] = {"File": file, **dict.fromkeys(names, np.nan)}
         if answer is None:
-            row.update({"Status": "unreadable", "Typicality": None, "Reason": error})
+            row.update({"Status": "unreadable", "Typicality": np.nan, "Reason": error or ""})
         else:
             verdict = answer.verdict
+            typicality = np.nan if verdict.typicality is None else float(verdict.typicality)
             row.update({"Status": "ok" if verdict.in_distribution else "out of distribution",
-                        "Typicality": verdict.typicality, "Reason": verdict.reason or ""})
+                        "Typicality": typicality, "Reason": verdict.reason or ""})
             if verdict.in_distribution or show_flagged:
                 row.update({name: round(float(p), 4) for name, p in zip(names, answer.probabilities, strict=True)})
         rows.append(row)
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows, columns=["File", "Status", *names, "Typicality", "Reason"])
+    table[[*names, "Typicality"]] = table[[*names, "Typicality"]].astype(float)
     for name in names:
-        if name not in table:
-            table[name] = np.nan
         if name in thresholds:
             limit = thresholds[name]
-            table[f"{name} >= threshold"] = table[name].map(lambda p, t=limit: None if pd.isna(p) else bool(p >= t))
+            table[f"{name} >= threshold"] = table[name].map(lambda p, t=limit: "" if pd.isna(p) else
+                                                            "yes" if p >= t else "no")
     return table
 
 
@@ -212,7 +227,7 @@ uploads = left.file_uploader("Upload chest X-rays (PNG, JPEG or DICOM; several a
                              help="Read in memory and never written to disk.")
 try:
     available = shared.image_index()
-    sample = choose_image(right, available)
+    sample = choose_image(right, available, bool(uploads))
 except InputError as exc:  # a picker problem matters only when nothing was uploaded
     if not uploads:
         shared.show_error(exc)
@@ -243,13 +258,14 @@ if len(results) == 1:
 
 flagged = sum(1 for _, answer, _ in results if answer is not None and not answer.verdict.in_distribution)
 unreadable = [(label, error) for label, answer, error in results if answer is None]
-st.subheader(f"{len(results)} files: {len(results) - flagged - len(unreadable)} predicted, "
+st.subheader(f"{count(len(results), 'file')}: {len(results) - flagged - len(unreadable)} predicted, "
              f"{flagged} out of distribution, {len(unreadable)} unreadable")
 for _, error in unreadable:
     shared.show_error(InputError(error))
 if flagged:
-    st.error(f"**{flagged} of the files do not look like chest X-rays the model can read**; their probabilities "
-             "are hidden because they mean nothing.", icon=":material/block:")
+    st.error(f"**{flagged} of the files {plural(flagged, 'does', 'do')} not look like chest X-rays the model can "
+             f"read**; {plural(flagged, 'its', 'their')} probabilities are hidden because they mean nothing.",
+             icon=":material/block:")
 show_flagged = bool(flagged) and st.checkbox(SHOW_ANYWAY + " (flagged files)", value=False, key="anyway-batch")
 table = batch_table(results, names, show_flagged)
 above = [column for column in table if column.endswith(">= threshold")]
@@ -260,7 +276,8 @@ styled = shown.style.apply(
                     for p in column.fillna(-1.0)], subset=marked
 ).format(precision=3, subset=[*names, "Typicality"], na_rep="")
 event = st.dataframe(styled, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
-                     key="batch-table")
+                     key="batch-table", column_config={"Reason": st.column_config.TextColumn(
+                         "Reason", width="medium", help="Why a file was not predicted; hover a cell for all of it")})
 st.caption("Probabilities of each finding; " + ("red: at or above the finding's operating threshold (the CSV has a "
            f"yes/no column per finding), {threshold_note}." if thresholds else threshold_note + ".")
            + " Typicality at least 1 passes the guard.")
@@ -268,11 +285,18 @@ st.download_button("Download the table (CSV)", table.to_csv(index=False).encode(
                    file_name="predictions.csv", mime="text/csv")
 
 readable = [label for label, answer, _ in results if answer is not None]
-if readable:
-    picked = [table["File"].iloc[row] for row in event.selection.rows if table["File"].iloc[row] in readable]
-    start = readable.index(picked[0]) if picked else 0  # a click on a row chooses it here
-    chosen = st.selectbox("Show the Grad-CAM of", readable, index=start, key=f"row-{start}",
-                          help="One row of the table, in detail; clicking a row in the table chooses it too.")
+ticked = [table["File"].iloc[row] for row in event.selection.rows]
+if ticked and ticked[0] not in readable:
+    st.info(f"`{ticked[0]}` could not be read, so it has no Grad-CAM; tick another row.")
+elif readable:
+    # one source of truth: while a row is ticked the selector shows that row and is locked, so the two never differ
+    if ticked:
+        chosen = st.selectbox("Show the Grad-CAM of", readable, index=readable.index(ticked[0]),
+                              key=f"ticked-{ticked[0]}", disabled=True,
+                              help="The row ticked in the table; untick it to choose here.")
+    else:
+        chosen = st.selectbox("Show the Grad-CAM of", readable, key="grad-cam-choice",
+                              help="One row of the table, in detail; ticking a row in the table chooses it too.")
     answer = next(answer for label, answer, _ in results if label == chosen)
     if answer.verdict.in_distribution or show_flagged:
         show_image(chosen, images[chosen], answer, names, size)

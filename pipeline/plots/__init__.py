@@ -2,7 +2,7 @@
 ``evaluate --plots``; one look for all (`style`). Submodules by what they show; the names below are the API.
 """
 
-from pipeline.plots.dataset import bar_chart, cooccurrence_figure, prevalence_figure
+from pipeline.plots.dataset import bar_chart, cooccurrence_figure, images_per_patient_figure, prevalence_figure
 from pipeline.plots.evaluation import (
     EVALUATION_PAGE,
     EVALUATION_PLOTS,
@@ -20,7 +20,7 @@ from pipeline.plots.training import training_figures
 
 __all__ = [
     "EVALUATION_PAGE", "EVALUATION_PLOTS", "NEGATIVE", "NEUTRAL", "POSITIVE", "SERIES", "Curves", "ap_legend",
-    "auc_legend",
-    "bar_chart", "brier_legend", "calibration_figure", "cooccurrence_figure", "format_ci", "pr_figure",
-    "prevalence_figure", "roc_figure", "side_legend", "style", "training_figures", "write_evaluation_plots",
+    "auc_legend", "bar_chart", "brier_legend", "calibration_figure", "cooccurrence_figure", "format_ci",
+    "images_per_patient_figure", "pr_figure", "prevalence_figure", "roc_figure", "side_legend", "style",
+    "training_figures", "write_evaluation_plots",
 ]

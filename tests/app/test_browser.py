@@ -207,3 +207,12 @@ def test_predict_upload_and_corrupt_file(page, served, tmp_path):
     images.nth(1).wait_for()
     settle(page)
     assert images.count() == 2
+    # the selector below the table shows the ticked row and is locked to it, so the two cannot disagree
+    chooser = page.locator('[data-testid="stSelectbox"]').filter(has_text="Show the Grad-CAM of")
+    for _ in range(40):  # the unlocked selector is replaced by the locked one
+        if chooser.count() == 1:
+            break
+        page.wait_for_timeout(250)
+    shown = chooser.inner_text() + " " + chooser.locator("input").first.input_value()
+    assert "00000100_000.png" in shown, chooser.inner_html()[:3000]
+    assert chooser.locator("input").first.is_disabled()

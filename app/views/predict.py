@@ -269,12 +269,15 @@ if flagged:
 show_flagged = bool(flagged) and st.checkbox(SHOW_ANYWAY + " (flagged files)", value=False, key="anyway-batch")
 table = batch_table(results, names, show_flagged)
 above = [column for column in table if column.endswith(">= threshold")]
+# numbers shown as fixed-width text: the grid would print an empty number as "None" (and they still sort right)
 shown = table.drop(columns=above)
+numbers = [*names, "Typicality"]
+shown[numbers] = shown[numbers].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
 marked = [name for name in names if name in thresholds]
 styled = shown.style.apply(
     lambda column: [f"color: {plots.POSITIVE}; font-weight: bold" if p >= thresholds[column.name] else ""
-                    for p in column.fillna(-1.0)], subset=marked
-).format(precision=3, subset=[*names, "Typicality"], na_rep="")
+                    for p in table[column.name].fillna(-1.0)], subset=marked
+)
 event = st.dataframe(styled, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
                      key="batch-table", column_config={"Reason": st.column_config.TextColumn(
                          "Reason", width="medium", help="Why a file was not predicted; hover a cell for all of it")})

@@ -71,3 +71,14 @@ def test_command_is_written_to_work_and_parses(document, command):
         build_parser().parse_args(words[1:])
     except SystemExit as exc:
         pytest.fail(f"{document}: does not parse (exit {exc.code}): {command}")
+
+
+def test_make_run_installs_the_command_the_docs_use():
+    """`.venv/bin/chestxray` exists after `make run`: the Makefile installs the checkout, which declares it."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert project["project"]["scripts"]["chestxray"] == "pipeline.cli:main"
+    makefile = (REPO / "Makefile").read_text()
+    assert "VENV := .venv" in makefile and "$(VENV)/bin/pip install --quiet --no-deps -e ." in makefile
+    assert "run: $(STAMP)" in makefile and "test: $(STAMP)" in makefile

@@ -153,11 +153,8 @@ def chosen_run() -> runs.Run | None:
 
 
 def headline_evaluation(run: runs.Run) -> Path | None:
-    """The evaluation a run is judged by: on the test set (``eval-test``), else its first evaluation, else None."""
-    for path in run.evaluations:
-        if path.name == "eval-test":
-            return path
-    return run.evaluations[0] if run.evaluations else None
+    """The evaluation a run is judged by (`pipeline.training.runs.headline_evaluation`, as `predict` uses)."""
+    return runs.headline_evaluation(run.evaluations)
 
 
 # --- cached calls into pipeline ------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from pipeline.data import imaging
 from pipeline.explain import gradcam
 from pipeline.inference import ood, serving
 from pipeline.networks import densenet
-from tests.gradcam_reference import gradcam_tape  # the textbook version, kept with the tests
+from tests.explain.gradcam_reference import gradcam_tape  # the textbook version, kept with the tests
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE = REPO / "nih" / "images" / "00000001_000.png"

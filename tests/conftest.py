@@ -54,7 +54,8 @@ def small_checkpoint(small_model, tmp_path_factory):
 
 TEST_LABELS = NIH / "test.csv"  # 55 images, every finding with at least one positive (Edema: exactly one)
 VALID_LABELS = NIH / "valid-small.csv"
-FILES = {"predictions.csv", "labels.csv", "metrics.json", "roc.csv", "pr.csv", "calibration.csv"}
+FILES = {"predictions.csv", "labels.csv", "metrics.json", "roc.csv", "pr.csv", "calibration.csv",
+         "subgroups.json", "subgroups.csv", "subgroup_metadata.csv"}  # the subgroup audit: on by default
 
 
 def write_predictions(labels_csv, path, seed=0, signal=0.3):

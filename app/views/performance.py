@@ -3,6 +3,7 @@
 from dataclasses import asdict
 from pathlib import Path
 
+import guarantees as guarantees_view
 import localization as localization_view
 import pandas as pd
 import shared
@@ -11,7 +12,7 @@ import streamlit as st
 from pipeline import plots
 from pipeline.core import paths
 from pipeline.core.findings import FINDINGS
-from pipeline.evaluation import compare
+from pipeline.evaluation import compare, results, subgroups
 from pipeline.evaluation.results import SavedEvaluation, Summary
 from pipeline.explain import localization_folder
 from pipeline.training import runs
@@ -109,7 +110,7 @@ for name, result in evals.items():
 finding = st.selectbox("Finding", [ALL, *FINDINGS])
 located = localization_folder.find_results(run.path) if run is not None else []
 tabs = st.tabs(["ROC", "Precision-recall", "Calibration", "Operating points", "Comparison", "Training history",
-                *(["Localization"] if located else [])])
+                "Subgroups", *(["Localization"] if located else []), "Guarantees"])
 
 one = None if finding == ALL else finding
 with tabs[0]:
@@ -211,6 +212,65 @@ with tabs[5]:
             + ("; validated " + "; ".join(validation) + "." if validation else ".")
         )
 
+
+@st.cache_data(show_spinner=False)
+def read_subgroups(folder: str, modified: float) -> results.SubgroupAudit | None:
+    """`pipeline.evaluation.results.read_subgroups`, cached until subgroups.json is rewritten."""
+    return results.read_subgroups(folder)
+
+
+def show_subgroups(name: str, folder: Path, summary: Summary) -> None:
+    """The Subgroups view of one evaluation: honesty first, then tables and forest plots from `pipeline.plots`."""
+    path = folder / results.SUBGROUPS_JSON
+    audit = read_subgroups(str(folder), path.stat().st_mtime if path.is_file() else 0.0)
+    if audit is None:
+        st.info(f"{name} has no subgroup audit (evaluated before it existed, or without age, sex and view). "
+                "Evaluating again writes one wherever the NIH metadata is there:")
+        if summary.checkpoint:
+            st.code(shared.evaluate_command(Path(summary.checkpoint), folder), language="bash")
+        return
+    thresholds = summary.threshold_source.describe(summary.target_sensitivity)
+    st.caption(
+        f"Measured on {data_of(summary)} at its operating thresholds, {thresholds}; "
+        f"ages, sexes and views from {audit.metadata}. Each row says how many images the subgroup has. "
+        f"A number resting on fewer than {audit.min_count} positives (or negatives) shows \"too few\". "
+        f"Gap = subgroup - the other images of the same attribute, with the gap's own bootstrap interval "
+        f"({audit.n_resamples} resamples)."
+    )
+    if audit.n_images < subgroups.SMALL_EVALUATION:
+        st.warning(f"Only {audit.n_images} images: far too few for conclusions about subgroups. The embedded "
+                   "55-image test set shows how the audit reads, not how the model treats anyone.")
+    st.markdown(f"**Underdiagnosis**: abnormal images (at least one finding) that the model calls normal; "
+                f"{audit.normal_rule}. **Overdiagnosis**: normal images called abnormal.")
+    st.dataframe(subgroups.summary_table(audit), hide_index=True, height="content")
+    measure = st.radio("Gaps in", list(plots.GAP_MEASURES), horizontal=True,
+                       format_func=plots.GAP_MEASURES.get, key=f"gap-{name}")
+    per_finding = measure in ("sensitivity", "fpr")
+    if per_finding and one is None:
+        st.info("Choose a finding above to see its sensitivity or false-positive rate gaps.")
+    else:
+        shared.chart(plots.subgroup_gap_figure(audit, measure, one if per_finding else None))
+    if one is None:
+        st.caption("Choose a finding above for its AUC per subgroup.")
+    else:
+        shared.chart(plots.subgroup_auc_figure(audit, one))
+        st.dataframe(subgroups.summary_table(audit, one), hide_index=True, height="content")
+    with st.expander(f"Notes on the audit ({len(audit.notes)})"):
+        st.markdown("\n".join(f"- {note}" for note in audit.notes))
+    csv = shared.display_path(folder / results.SUBGROUPS_CSV)
+    st.caption(f"Every number per subgroup and finding, with intervals and counts: `{csv}`.")
+
+
+with tabs[6]:
+    shown = st.selectbox("Evaluation", chosen, key="subgroups-eval") if len(chosen) > 1 else chosen[0]
+    with shared.guard():
+        show_subgroups(shown, found[shown], evals[shown].summary)
+
 if located:
-    with tabs[6]:
+    with tabs[7]:
         localization_view.show_results(located)
+
+with tabs[-1]:  # conformal guarantees (issue 19)
+    for name in evals:
+        with shared.guard():
+            guarantees_view.show_guarantees(name, found[name])

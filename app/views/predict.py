@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import guarantees as guarantees_view
 import localization as localization_view
 import numpy as np
 import pandas as pd
@@ -154,6 +155,7 @@ def show_image(image_name: str, image: np.ndarray, answer: serving.Answer, names
                    "model used, which is not necessarily where the finding is.")
         st.download_button("Download the overlay (PNG)", png_bytes(overlay), icon=":material/download:",
                            file_name=f"{Path(image_name).stem}_{finding}_gradcam.png", mime="image/png")
+    guarantees_view.show_answers(guarantees, guarantee_source, names, answer)
 
 
 def batch_table(results: list[tuple[str, serving.Answer | None, str | None]], names: list[str],
@@ -172,6 +174,7 @@ def batch_table(results: list[tuple[str, serving.Answer | None, str | None]], na
                         "Typicality": typicality, "Reason": verdict.reason or ""})
             if verdict.in_distribution or show_flagged:
                 row.update({name: round(float(p), 4) for name, p in zip(names, answer.probabilities, strict=True)})
+        row.update(guarantees_view.batch_columns(guarantees, names, answer))
         rows.append(row)
     table = pd.DataFrame(rows, columns=["File", "Status", *names, "Typicality", "Reason"])
     table[[*names, "Typicality"]] = table[[*names, "Typicality"]].astype(float)
@@ -216,6 +219,9 @@ if evaluation is not None:
         thresholds = result.thresholds
         threshold_note = (f"thresholds from `{paths.shorten(evaluation, paths.artifacts_dir())}`, "
                           f"{result.threshold_source.describe(result.target_sensitivity)}")
+guarantees, guarantee_source = None, "the run's evaluation could not be read"
+with shared.guard():
+    guarantees, guarantee_source = guarantees_view.source_of(evaluation)
 if stats_time == 0.0:
     st.info(f"Run {run.name} has no typicality statistics, so only the cheap checks (colour, flat, noise, aspect "
             "ratio) guard against images that are not chest X-rays; add them with:")

@@ -19,18 +19,22 @@ from pipeline.core.errors import InputError
 
 # Library parameter -> the flag that sets it, for error messages.
 FLAGS = {
+    "age_edges": "--age-groups",
     "batch_size": "--batch-size",
     "checkpoint": "--checkpoint",
     "epochs": "--epochs",
+    "false_alarm_rate": "--false-alarm-rate",
     "init_from": "--init-from",
     "jit_compile": "--jit-compile",
     "loss": "--loss",
+    "miss_rate": "--miss-rate",
     "mixed_precision": "--mixed-precision",
     "out_dir": "--out",
     "patience": "--patience",
     "resume": "--resume",
     "seed": "--seed",
     "strategy": "--strategy",
+    "subgroup_min": "--subgroup-min",
     "workers": "--workers",
     "gradcam_dir": "--gradcam",
     "image_size": "--image-size",

@@ -21,6 +21,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--gradcam", type=Path, metavar="DIR", help="write Grad-CAM overlays here")
     p.add_argument("--top", type=int, default=3, help="overlays for this many top findings (default 3)")
+    p.add_argument("--conformal", type=Path, metavar="EVAL_DIR",
+                   help="evaluation folder whose conformal.json gives the three answers (default: the run's eval-test)")
     p.set_defaults(func=run_predict)
 
     p = commands.add_parser("export", help="add the ONNX export and typicality statistics to a run")
@@ -36,7 +38,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
     Output per image: a block of 14 ``finding  probability`` rows, or with ``--json`` one line
     ``{"image": path, "probabilities": {finding: p}, "in_distribution": bool, "typicality": t}`` (plus
-    ``"ood_reason"`` when not in distribution and ``"gradcam": {finding: png}`` with ``--gradcam``).
+    ``"ood_reason"`` when not in distribution and ``"gradcam": {finding: png}`` with ``--gradcam``), plus
+    ``"conformal"`` when the run has conformal thresholds (`_conformal_record`).
     ``--gradcam DIR`` writes ``DIR/<name>_<finding>.png`` overlays of the ``--top`` most probable findings,
     with names made unique across the batch (`pipeline.inference.predict.overlay_stems`). Answers come from the run's
     export when it is current (no TensorFlow). Returns 0 when every image was predicted, 2 when some could
@@ -50,6 +53,7 @@ def run_predict(args: argparse.Namespace) -> int:
         raise InputError(f"--top must be at least 1, got {args.top}")
     predictor = serving.load_predictor(args.checkpoint)
     stats = ood.load(Path(args.checkpoint).parent)
+    guarantees = _guarantees(args.checkpoint, args.conformal)
     names = predictor.names
     thresholds, threshold_note = run_thresholds(Path(args.checkpoint))
     if not args.json:
@@ -77,9 +81,12 @@ def run_predict(args: argparse.Namespace) -> int:
                 gradcam.write_overlay(gradcam.overlay(gray, answer.heatmaps[k]), out)
                 overlays[names[k]] = str(out)
         if args.json:
-            print(_json_line(path, names, answer.probabilities, overlays, answer.verdict), flush=True)
+            text = _json_line(path, names, answer.probabilities, overlays, answer.verdict)
         else:
-            print(format_answer(path, names, answer.probabilities, thresholds, overlays, answer.verdict), flush=True)
+            text = format_answer(path, names, answer.probabilities, thresholds, overlays, answer.verdict)
+        if guarantees is not None:
+            text = _with_answers(text, guarantees, names, answer.probabilities, answer.verdict, args.json)
+        print(text, flush=True)
     return 2 if failed else 0
 
 
@@ -154,3 +161,55 @@ def _json_line(path: Path, names: list[str], probabilities: np.ndarray, overlays
     if overlays:
         record["gradcam"] = overlays
     return json.dumps(record)
+
+
+# --- conformal answers (issue 19) ------------------------------------------------------------------------------
+
+
+def _guarantees(checkpoint: Path, eval_dir: Path | None) -> tuple[Path, Any] | None:
+    """The evaluation folder and conformal guarantees answers are given with: ``--conformal``, else the run's."""
+    from pipeline.evaluation import conformal
+
+    if eval_dir is not None:
+        return eval_dir, conformal.load(eval_dir)
+    return conformal.find_for_checkpoint(checkpoint)
+
+
+def _conformal_record(guarantees: tuple[Path, Any], names: list[str], probabilities: np.ndarray,
+                      verdict: Any) -> dict[str, Any]:
+    """``{"evaluation", "calibration", "calibration_images", "miss_rate", "false_alarm_rate", "answers": {finding:
+    answer}, "guarantees": {finding: words}, "image_set": [findings not ruled out at image level] or null,
+    "image_set_guarantee": words}``; for an out-of-distribution image ``answers`` is null and ``reason`` says why."""
+    from pipeline.evaluation import conformal
+
+    folder, found = guarantees
+    record: dict[str, Any] = {"evaluation": str(folder), "calibration": found.calibration,
+                              "calibration_images": found.calibration_images, "miss_rate": found.miss_rate,
+                              "false_alarm_rate": found.false_alarm_rate}
+    if not verdict.in_distribution:
+        return {**record, "answers": None, "reason": conformal.OOD_REASON.format(verdict.reason)}
+    scores = dict(zip(names, probabilities.tolist(), strict=True))
+    given = conformal.answers(found, scores)
+    return {**record, "answers": {f: a.value for f, a in given.items()},
+            "guarantees": {f: conformal.guarantee_text(found, f, a) for f, a in given.items()},
+            "image_set": conformal.image_set(found, scores), "image_set_guarantee": conformal.image_set_text(found)}
+
+
+def _with_answers(text: str, guarantees: tuple[Path, Any], names: list[str], probabilities: np.ndarray,
+                  verdict: Any, as_json: bool) -> str:
+    """The image's output with its conformal answers: a ``conformal`` entry in JSON, a block of lines in text."""
+    record = _conformal_record(guarantees, names, probabilities, verdict)
+    if as_json:
+        return json.dumps({**json.loads(text), "conformal": record})
+    head = (f"  conformal answers (miss rate <= {record['miss_rate']:g}, false alarms <= "
+            f"{record['false_alarm_rate']:g}; calibrated on {record['calibration']}, "
+            f"{record['calibration_images']} images):")
+    if record["answers"] is None:
+        return text.rstrip("\n") + f"\n  conformal answers: none; {record['reason']}\n"
+    lines = [head]
+    for label in ("flagged", "uncertain", "ruled out"):
+        chosen = [f for f, a in record["answers"].items() if a == label]
+        lines.append(f"    {label}: {', '.join(chosen) if chosen else '-'}")
+    if record["image_set"] is not None:
+        lines.append(f"    image-level set: {', '.join(record['image_set']) or '-'} ({record['image_set_guarantee']})")
+    return text.rstrip("\n") + "\n" + "\n".join(lines) + "\n"

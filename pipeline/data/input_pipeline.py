@@ -19,6 +19,9 @@ Sharding among workers. Worker ``i`` of ``n`` reads shards ``i, i+n, ...`` of a 
 image folder). Every worker must run the same number of steps (each is a collective all-reduce), so an
 epoch is `steps_per_epoch` batches on every worker: a worker with fewer images wraps around to the start of
 its shuffled list, never drops any.
+
+TensorFlow (tf.data) is imported inside the functions that build datasets, so importing this module (for
+`Source` and `open_source`) costs nothing and the import contract (`tests/test_layout.py`) holds.
 """
 
 from __future__ import annotations
@@ -28,16 +31,18 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 
 from pipeline.core.errors import InputError, reason
 from pipeline.core.findings import FINDINGS
 from pipeline.core.progress import ProgressBar
 from pipeline.data import imaging, label_files, prepare
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 ROTATION_DEGREES = 6.0
 SHIFT = 0.05
@@ -100,6 +105,8 @@ class Source:
         For an image folder this decodes (and caches) the images; call `fill_cache` first to see progress and
         to get a bad file's one-line error before training starts.
         """
+        import tensorflow as tf
+
         check_size(self, image_size)
         if self.prepared:
             files = [os.fspath(self.path / file) for file, _ in self.shards[worker::workers]]
@@ -162,6 +169,8 @@ def training_batches(
     ``batch_size`` is this input pipeline's batch (the global batch divided among the replicas it feeds);
     every draw of randomness comes from ``seed``.
     """
+    import tensorflow as tf
+
     check_size(source, image_size)
     # Shuffle and augmentation draws differ by worker (each has other images), and reproduce per worker.
     shuffle_seed, augment_seed = (int(s) for s in np.random.SeedSequence([seed, worker]).generate_state(2) % 2**31)
@@ -208,6 +217,8 @@ def sample(source: Source, limit: int, image_size: int) -> list[Any]:
 
 def evaluation_batches(source: Source, image_size: int, batch_size: int) -> tf.data.Dataset:
     """``(float32 images, float32 labels)`` batches of every image once, in the source's order."""
+    import tensorflow as tf
+
     images = source.images(image_size).batch(batch_size)
     return images.map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(tf.data.AUTOTUNE)
 
@@ -217,6 +228,8 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 
     ``images`` is a float32 ``[b, h, w, 1]`` batch of 0..255 grayscale X-rays; ``seed`` a ``[2]`` int tensor.
     """
+    import tensorflow as tf
+
     shape = tf.shape(images)
     b, height, width = shape[0], tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 5)
@@ -255,6 +268,8 @@ def fill_cache(source: Source, image_size: int, worker: int = 0, workers: int = 
 
     A prepared folder is streamed, so there is nothing to fill.
     """
+    import tensorflow as tf
+
     if source.prepared:
         return
     bar = ProgressBar(f"decoding {source.name}", source.shard_sizes(workers)[worker], unit="images")
@@ -281,6 +296,8 @@ _CACHED: dict[tuple[str, tuple[str, ...], int], tf.data.Dataset] = {}
 
 def _decoded(table: pd.DataFrame, images_dir: Path, image_size: int) -> tf.data.Dataset:
     """Images of ``table`` decoded by `pipeline.data.imaging` (in parallel) and cached in memory."""
+    import tensorflow as tf
+
     key = (os.fspath(images_dir), tuple(table["Image"]), image_size)
     if key not in _CACHED:
         paths = [os.fspath(images_dir / name) for name in table["Image"]]
@@ -327,6 +344,8 @@ def _open_prepared(folder: Path) -> Source:
 
 
 def _parser(stored_size: int, image_size: int) -> Any:
+    import tensorflow as tf
+
     features = {
         "image": tf.io.FixedLenFeature([], tf.string),
         "labels": tf.io.FixedLenFeature([len(FINDINGS)], tf.int64),

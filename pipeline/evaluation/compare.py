@@ -38,6 +38,8 @@ def compare(eval_dirs: Sequence[str | Path], n_bootstrap: int = 1000, seed: int 
         other evaluation, ``eval`` and for each finding (and ``mean``, the macro mean over findings with a
         defined AUC) ``auc_reference``, ``auc``, ``difference`` (auc - auc_reference), ``difference_ci``
         (paired bootstrap 95%), and for findings ``z`` and ``p_value`` of DeLong's test. None where undefined.
+        ``subgroup_gaps``: whether the subgroup gaps differ (`subgroup_gaps`), None when the reference has no
+        subgroup audit.
     """
     if len(eval_dirs) < 2:
         raise InputError("compare needs at least two evaluation folders; the first is the reference")
@@ -50,7 +52,8 @@ def compare(eval_dirs: Sequence[str | Path], n_bootstrap: int = 1000, seed: int 
     for other in others:
         in_reference_order = align(reference.labels, other.predictions, str(reference.folder), str(other.folder))
         _, scores = matrices(reference.labels, in_reference_order)
-        comparisons.append({"eval": str(other.folder), **_compare_scores(y, base, scores, n_bootstrap, seed)})
+        comparisons.append({"eval": str(other.folder), **_compare_scores(y, base, scores, n_bootstrap, seed),
+                            "subgroup_gaps": subgroup_gaps(reference, other, in_reference_order, n_bootstrap, seed)})
     return {
         "reference": str(reference.folder),
         "n_images": len(y),
@@ -139,3 +142,23 @@ def _check_same_images(reference: _Scored, other: _Scored) -> None:
             f"{other.folder.name}, {len(only_reference)} only in {reference.folder.name}, e.g. "
             f"{first_items([*only_other, *only_reference])}); compare only evaluations of the same images"
         )
+
+
+# --- subgroups (issue 18) ----------------------------------------------------------------------------------------
+
+
+def subgroup_gaps(reference: _Scored, other: _Scored, other_predictions: pd.DataFrame, n_bootstrap: int,
+                  seed: int) -> list[dict[str, Any]] | None:
+    """`pipeline.evaluation.subgroups.gap_differences` of two evaluations, with the reference's audit settings
+    and its subgroup_metadata.csv; None when the reference has no subgroup audit."""
+    from pipeline.evaluation import subgroups
+    from pipeline.evaluation.results import read_subgroup_metadata, read_subgroups
+
+    audit, meta = read_subgroups(reference.folder), read_subgroup_metadata(reference.folder)
+    if audit is None or meta is None:
+        return None
+    meta = meta.set_index("Image").reindex(reference.labels["Image"]).reset_index()
+    return subgroups.gap_differences(
+        reference.labels, meta, (reference.predictions, read_metrics(reference.folder).thresholds),
+        (other_predictions, read_metrics(other.folder).thresholds), age_edges=audit.age_edges,
+        min_count=audit.min_count, n_bootstrap=n_bootstrap, seed=seed)

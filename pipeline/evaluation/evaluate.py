@@ -5,14 +5,15 @@ predicts the images with a checkpoint), chooses the operating thresholds, comput
 `evaluate_predictions`, and writes the evaluation folder through `pipeline.evaluation.results`, which owns its format.
 Comparing evaluations is `pipeline.evaluation.compare`. TensorFlow is imported only to predict with a checkpoint.
 
-About 400 lines, kept whole on purpose: `evaluate_files` (the input rules, checked once, and the provenance)
-and `evaluate_predictions` (the numbers) are the two halves of one evaluation, and the helpers below serve both.
+About 550 lines, kept whole on purpose: `evaluate_files` (what the command does, as plain steps: check the
+arguments, read the inputs, predict, choose the thresholds, compute, stamp the provenance, write) and
+`evaluate_predictions` (the numbers) are the two halves of one evaluation, and the helpers below serve both.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,8 +40,11 @@ from pipeline.evaluation.results import (
     align,
     read_predictions,
     read_thresholds,
+    write_conformal,
     write_evaluation,
+    write_subgroups,
 )
+from pipeline.evaluation.subgroups import DEFAULT_AGE_EDGES, DEFAULT_MIN_COUNT, audit_evaluation, check_age_edges
 
 if TYPE_CHECKING:
     import keras
@@ -61,8 +65,12 @@ def evaluate_files(
     target_sensitivity: float | None = None,
     n_bootstrap: int = 1000,
     seed: int = 0,
-    plots: bool = False,
     warn: Callable[[str], None] | None = None,
+    subgroups: bool = True,
+    age_edges: Sequence[int] = DEFAULT_AGE_EDGES,
+    subgroup_min: int = DEFAULT_MIN_COUNT,
+    miss_rate: float | None = None,
+    false_alarm_rate: float | None = None,
 ) -> Evaluation:
     """Evaluate a checkpoint's (or a CSV's) predictions of a label file and write the evaluation folder ``out``.
 
@@ -83,20 +91,115 @@ def evaluate_files(
         With validation data: the thresholds reaching this sensitivity instead of maximising Youden's J.
     n_bootstrap, seed
         Bootstrap resamples for the AUC intervals (0: none) and their seed.
-    plots
-        Also write the ROC, PR and calibration figures as HTML (`pipeline.plots.write_evaluation_plots`).
     warn
         Called with a one-line warning when some images cannot be read and are left out.
+    subgroups, age_edges, subgroup_min
+        The subgroup audit (`pipeline.evaluation.subgroups`), on wherever ages, sexes and views are known (the
+        label file's own, else the shipped NIH metadata), so that "who does the model fail?" is answered for
+        every model evaluated; it adds well under a second for the 55 test images, about a minute for the
+        25,596 of the official test list with 1000 resamples on a busy machine (docs/subgroups.md). Then its
+        age group boundaries, and the fewest positives (or negatives) a number may rest on.
+    miss_rate, false_alarm_rate
+        With validation data: conformal thresholds bounding each finding's miss rate (and false-alarm rate,
+        default the miss rate), checked on these images, written as conformal.json and risk_coverage.csv
+        (`pipeline.evaluation.conformal`).
 
     Returns
     -------
     Evaluation
-        As written to ``out``.
+        As written to ``out``; `pipeline.plots.write_evaluation_plots` adds its figures as HTML.
     """
+    _check_arguments(labels_file, checkpoint, images, predictions_file, valid_predictions, valid_labels,
+                     thresholds_file, target_sensitivity, n_bootstrap)
+    if subgroups:
+        _check_subgroup_options(age_edges, subgroup_min)
+    _check_conformal(miss_rate, false_alarm_rate, valid_predictions is not None or valid_labels is not None)
+    inputs = _read_inputs(labels_file, images if checkpoint is not None else None, valid_predictions, valid_labels,
+                          thresholds_file)
+    if checkpoint is not None:
+        scored = _predict_checkpoint(checkpoint, inputs, labels_file, images, valid_labels, warn)
+    else:
+        scored = _Scored(inputs.labels, read_predictions(predictions_file), inputs.valid, {}, [],
+                         Path(predictions_file).name)
+    predictions = align(scored.labels, scored.predictions, Path(labels_file).name, scored.source_name)
+    thresholds, source, threshold_notes = _choose_thresholds(
+        inputs.thresholds, thresholds_file, scored.valid, target_sensitivity
+    )
+    evaluation = evaluate_predictions(
+        scored.labels,
+        predictions,
+        thresholds=thresholds,
+        threshold_source=source,
+        target_sensitivity=target_sensitivity if source is ThresholdSource.VALIDATION_SENSITIVITY else None,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        notes=scored.notes + threshold_notes,
+    )
+    _stamp_provenance(
+        evaluation.summary,
+        labels_file=labels_file,
+        labels_sha256=inputs.prepared.sha256 if inputs.prepared is not None else sha256_of(labels_file),
+        checkpoint=checkpoint,
+        predictions_file=predictions_file,
+        skipped=scored.skipped,
+    )
+    audit, metadata = (_subgroup_audit(evaluation, age_edges, subgroup_min, n_bootstrap, seed) if subgroups
+                       else (None, None))
+    write_evaluation(evaluation, out)
+    write_subgroups(audit, metadata, out)
+    if miss_rate is not None:
+        _write_conformal(evaluation, scored.valid, miss_rate, false_alarm_rate, Path(labels_file).name, out,
+                         n_bootstrap, seed, scored.out_of_distribution)
+    return evaluation
+
+
+# --- the steps of evaluate_files, in order ----------------------------------------------------------------------
+
+Validation = tuple[pd.DataFrame, pd.DataFrame, str]  # validation labels, their predictions, and a name for notes
+
+
+@dataclass
+class _Inputs:
+    """Everything `evaluate_files` reads and checks before the (slow) predictions."""
+
+    labels: pd.DataFrame
+    prepared: Any  # the `input_pipeline.Source` of a prepared folder of the evaluated images, or None
+    thresholds: dict[str, float] | None  # from `thresholds_file`
+    valid: Validation | None  # from `valid_predictions`
+    valid_table: pd.DataFrame | None  # from `valid_labels`, still to predict
+    valid_prepared: Any  # `valid_labels` as a prepared folder, or None
+
+
+@dataclass
+class _Scored:
+    """The evaluated images with their predictions, the validation data, and what the predicting noted."""
+
+    labels: pd.DataFrame
+    predictions: pd.DataFrame
+    valid: Validation | None
+    skipped: dict[str, str]  # unreadable image -> why
+    notes: list[str]
+    source_name: str  # where the predictions came from, for messages
+    out_of_distribution: frozenset[str] = frozenset()  # images the run's guard flags (abstained on first)
+
+
+def _check_arguments(
+    labels_file: str | Path,
+    checkpoint: str | Path | None,
+    images: str | Path | None,
+    predictions_file: str | Path | None,
+    valid_predictions: str | Path | None,
+    valid_labels: str | Path | None,
+    thresholds_file: str | Path | None,
+    target_sensitivity: float | None,
+    n_bootstrap: int,
+) -> None:
+    """The rules between `evaluate_files`'s arguments, checked before anything is read."""
+    from pipeline.data import prepare
+
     if (checkpoint is None) == (predictions_file is None):
         raise InputError("give one of `checkpoint` (a model to run) or `predictions_file` (its predictions)")
-    prepared = _prepared(labels_file)
-    if checkpoint is not None and images is None and prepared is None:
+    if checkpoint is not None and images is None and not prepare.is_prepared(labels_file):
         raise InputError("`checkpoint` needs `images`, the folder holding the labelled images")
     if valid_labels is not None and checkpoint is None:
         raise InputError(
@@ -111,11 +214,20 @@ def evaluate_files(
             f"`target_sensitivity` {target}: give a share in (0, 1] together with `valid_predictions` or "
             "`valid_labels`"
         )
-    # Every input is read and checked before the (slow) predictions.
+
+
+def _read_inputs(
+    labels_file: str | Path,
+    images_dir: str | Path | None,
+    valid_predictions: str | Path | None,
+    valid_labels: str | Path | None,
+    thresholds_file: str | Path | None,
+) -> _Inputs:
+    """Read every input but the predictions still to make; ``images_dir`` is given only to predict."""
+    prepared = _prepared(labels_file)
+    labels = prepared.table if prepared is not None else label_files.load_labels(labels_file, images_dir=images_dir)
     thresholds = read_thresholds(thresholds_file) if thresholds_file is not None else None
     valid = _validation_folder(Path(valid_predictions)) if valid_predictions is not None else None
-    images_dir = images if checkpoint is not None else None
-    labels = prepared.table if prepared is not None else label_files.load_labels(labels_file, images_dir=images_dir)
     valid_prepared = _prepared(valid_labels) if valid_labels is not None else None
     valid_table = None
     if valid_labels is not None:
@@ -123,76 +235,87 @@ def evaluate_files(
             raise InputError("`valid_labels` as a label file needs `images`, the folder holding its images")
         valid_table = (valid_prepared.table if valid_prepared
                        else label_files.load_labels(valid_labels, images_dir=images_dir))
-    notes: list[str] = []
+    return _Inputs(labels, prepared, thresholds, valid, valid_table, valid_prepared)
+
+
+def _predict_checkpoint(
+    checkpoint: str | Path,
+    inputs: _Inputs,
+    labels_file: str | Path,
+    images: str | Path | None,
+    valid_labels: str | Path | None,
+    warn: Callable[[str], None] | None,
+) -> _Scored:
+    """Predict the evaluated images (and the validation images) with the checkpoint; note what was left out."""
+    from pipeline.inference import predict
+    from pipeline.networks import densenet
+
+    net = densenet.load(checkpoint)
+    labels, prepared, notes = inputs.labels, inputs.prepared, []
     skipped: dict[str, str] = {}
-
-    if checkpoint is not None:
-        from pipeline.inference import predict
-        from pipeline.networks import densenet
-
-        net = densenet.load(checkpoint)
-        if prepared is not None:
-            predictions = predict.predict_prepared(net, prepared)
-            refused = prepared.n_refused
-            if refused:
-                notes.append(f"{refused} listed images were refused by `prepare` and are not here (see its manifest)")
-        else:
-            name = Path(labels_file).name
-            labels, predictions, skipped = _predict_readable(net, labels, Path(images), name, warn)
-        if skipped:
-            image, why = next(iter(skipped.items()))
-            notes.append(f"{len(skipped)} unreadable images left out, e.g. {image}: {why}")
-        if prepared is None:  # the guard reads the original files; a prepared folder holds resized copies
-            notes += _guard_note(checkpoint, [Path(images) / image for image in labels["Image"]])
-        if valid_table is not None:
-            name = Path(valid_labels).name
-            if valid_prepared is not None:
-                valid = (valid_table, predict.predict_prepared(net, valid_prepared), name)
-            else:
-                valid = (*_predict_readable(net, valid_table, Path(images), name, warn)[:2], name)
-        source_name = f"predictions of {checkpoint}"
+    if prepared is not None:
+        predictions = predict.predict_prepared(net, prepared)
+        if prepared.n_refused:
+            notes.append(
+                f"{prepared.n_refused} listed images were refused by `prepare` and are not here (see its manifest)"
+            )
     else:
-        predictions = read_predictions(predictions_file)
-        source_name = Path(predictions_file).name
-    predictions = align(labels, predictions, Path(labels_file).name, source_name)
+        labels, predictions, skipped = _predict_readable(net, labels, Path(images), Path(labels_file).name, warn)
+    if skipped:
+        image, why = next(iter(skipped.items()))
+        notes.append(f"{len(skipped)} unreadable images left out, e.g. {image}: {why}")
+    flagged: dict[str, str] = {}
+    if prepared is None:  # the guard reads the original files; a prepared folder holds resized copies
+        flagged = _guard(checkpoint, [Path(images) / image for image in labels["Image"]])
+        notes += _guard_note(flagged, len(labels))
+    valid = inputs.valid
+    if inputs.valid_table is not None:
+        name = Path(valid_labels).name
+        if inputs.valid_prepared is not None:
+            valid = (inputs.valid_table, predict.predict_prepared(net, inputs.valid_prepared), name)
+        else:
+            valid = (*_predict_readable(net, inputs.valid_table, Path(images), name, warn)[:2], name)
+    names = {str(Path(images) / image): image for image in labels["Image"]} if prepared is None else {}
+    return _Scored(labels, predictions, valid, skipped, notes, f"predictions of {checkpoint}",
+                   frozenset(names[path] for path in flagged if path in names))
 
+
+def _choose_thresholds(
+    thresholds: dict[str, float] | None,
+    thresholds_file: str | Path | None,
+    valid: Validation | None,
+    target_sensitivity: float | None,
+) -> tuple[dict[str, float] | None, ThresholdSource, list[str]]:
+    """The operating thresholds, where they came from, and notes: from a file, from validation data, or 0.5."""
     if thresholds is not None:
-        source = ThresholdSource.FILE
-        notes.append(f"thresholds read from {Path(thresholds_file).name}")
-    elif valid is not None:
-        valid_truth, valid_scores, valid_name = valid
-        thresholds, threshold_notes = thresholds_from_validation(valid_truth, valid_scores, target)
-        if target is None:
-            source, rule = ThresholdSource.VALIDATION_YOUDEN, "maximise Youden's J"
-        else:
-            source, rule = ThresholdSource.VALIDATION_SENSITIVITY, f"reach sensitivity {target:g}"
-        notes += [f"thresholds {rule} on {valid_name} ({len(valid_truth)} images)", *threshold_notes]
+        return thresholds, ThresholdSource.FILE, [f"thresholds read from {Path(thresholds_file).name}"]
+    if valid is None:
+        return None, ThresholdSource.DEFAULT, []
+    valid_truth, valid_scores, valid_name = valid
+    chosen, notes = thresholds_from_validation(valid_truth, valid_scores, target_sensitivity)
+    if target_sensitivity is None:
+        source, rule = ThresholdSource.VALIDATION_YOUDEN, "maximise Youden's J"
     else:
-        source = ThresholdSource.DEFAULT
+        source, rule = ThresholdSource.VALIDATION_SENSITIVITY, f"reach sensitivity {target_sensitivity:g}"
+    return chosen, source, [f"thresholds {rule} on {valid_name} ({len(valid_truth)} images)", *notes]
 
-    evaluation = evaluate_predictions(
-        labels,
-        predictions,
-        thresholds=thresholds,
-        threshold_source=source,
-        target_sensitivity=target if source is ThresholdSource.VALIDATION_SENSITIVITY else None,
-        n_bootstrap=n_bootstrap,
-        seed=seed,
-        notes=notes,
-    )
-    summary = evaluation.summary
+
+def _stamp_provenance(
+    summary: Summary,
+    *,
+    labels_file: str | Path,
+    labels_sha256: str,
+    checkpoint: str | Path | None,
+    predictions_file: str | Path | None,
+    skipped: dict[str, str],
+) -> None:
+    """Record in the summary when and from what the evaluation was made."""
     summary.created = datetime.now(UTC).isoformat(timespec="seconds")
     summary.checkpoint = str(checkpoint) if checkpoint is not None else None
     summary.predictions_file = str(predictions_file) if predictions_file is not None else None
     summary.labels_file = str(labels_file)
-    summary.labels_sha256 = prepared.sha256 if prepared is not None else sha256_of(labels_file)
+    summary.labels_sha256 = labels_sha256
     summary.skipped_images = skipped
-    write_evaluation(evaluation, out)
-    if plots:
-        from pipeline import plots as figures
-
-        figures.write_evaluation_plots(evaluation, out)
-    return evaluation
 
 
 def thresholds_from_validation(
@@ -402,19 +525,84 @@ def _validation_folder(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     return labels, align(labels, read_predictions(file), str(labels_file), str(file)), str(path)
 
 
+# --- the subgroup audit (issue 18) ---------------------------------------------------------------------------------
+
+
+def _check_subgroup_options(age_edges: Sequence[int], subgroup_min: int) -> None:
+    """The audit's options, checked before any (slow) prediction."""
+    check_age_edges(age_edges)
+    if subgroup_min < 1:
+        raise InputError(f"`subgroup_min` {subgroup_min}: give 1 or more (the fewest positives a number may rest on)",
+                         "subgroup_min")
+
+
+def _subgroup_audit(evaluation: Evaluation, age_edges: Sequence[int], subgroup_min: int, n_bootstrap: int,
+                    seed: int) -> tuple[Any, pd.DataFrame | None]:
+    """The audit and its metadata table (None, None without metadata); a note on it goes into metrics.json."""
+    audit, metadata, note = audit_evaluation(
+        evaluation, age_edges=age_edges, min_count=subgroup_min, n_bootstrap=n_bootstrap, seed=seed)
+    evaluation.summary.notes.append(note)
+    return audit, metadata
+# --- conformal guarantees (issue 19) -----------------------------------------------------------------------------
+
+
+def _check_conformal(miss_rate: float | None, false_alarm_rate: float | None, has_validation: bool) -> None:
+    """The input rules of ``--miss-rate`` and ``--false-alarm-rate``, checked before any prediction."""
+    from pipeline.evaluation import conformal
+
+    if miss_rate is None:
+        if false_alarm_rate is not None:
+            raise InputError("`false_alarm_rate` needs `miss_rate`: the conformal thresholds are chosen together")
+        return
+    conformal.check_rate(miss_rate, "miss_rate")
+    if false_alarm_rate is not None:
+        conformal.check_rate(false_alarm_rate, "false_alarm_rate")
+    if not has_validation:
+        raise InputError(
+            "`miss_rate` needs validation data to calibrate on: give `valid_predictions` or `valid_labels`"
+        )
+
+
+def _write_conformal(evaluation: Evaluation, valid: Validation, miss_rate: float,
+                     false_alarm_rate: float | None, test_name: str, out: str | Path, n_bootstrap: int,
+                     seed: int, out_of_distribution: frozenset[str]) -> None:
+    """Calibrate on the validation labels and scores, check on the evaluated images, write and attach the result.
+
+    The risk-coverage curve abstains first on the images the guard flags, then on the least certain.
+    """
+    from pipeline.evaluation import conformal
+
+    valid_truth, valid_scores, valid_name = valid
+    guarantees = conformal.calibrate(*matrices(valid_truth, align(valid_truth, valid_scores, "validation labels",
+                                                                   "validation predictions")),
+                                     miss_rate, false_alarm_rate, calibration=valid_name)
+    y, p = matrices(evaluation.labels, evaluation.predictions)
+    conformal.check(guarantees, y, p, test=test_name, n_bootstrap=n_bootstrap, seed=seed)
+    evaluation.conformal = guarantees
+    flagged = evaluation.labels["Image"].isin(out_of_distribution).to_numpy()
+    evaluation.risk_coverage = conformal.risk_coverage(y, p, guarantees, conformal.abstention_order(p, flagged))
+    if flagged.any():
+        guarantees.abstention = conformal.OOD_FIRST
+    write_conformal(guarantees, evaluation.risk_coverage, out)
+
+
 # --- small helpers, shared with pipeline.evaluation.compare ------------------------------------------------------
 
 
-def _guard_note(checkpoint: str | Path, paths: list[Path]) -> list[str]:
-    """A note counting the images the run's out-of-distribution guard flags (they stay in the metrics)."""
+def _guard(checkpoint: str | Path, paths: list[Path]) -> dict[str, str]:
+    """``{path: reason}`` of the images the run's out-of-distribution guard flags."""
     from pipeline.inference import serving
 
-    flagged = serving.flag_paths(checkpoint, paths)
+    return serving.flag_paths(checkpoint, paths)
+
+
+def _guard_note(flagged: dict[str, str], n_images: int) -> list[str]:
+    """A note counting the images the run's out-of-distribution guard flags (they stay in the metrics)."""
     if not flagged:
         return []
     path, why = next(iter(flagged.items()))
     return [
-        f"{len(flagged)} of {len(paths)} images flagged out of distribution by the run's guard (kept in the "
+        f"{len(flagged)} of {n_images} images flagged out of distribution by the run's guard (kept in the "
         f"metrics), e.g. {Path(path).name}: {why}"
     ]
 

@@ -10,7 +10,7 @@ a prediction is positive iff ``y_score >= threshold``. A metric the data cannot 
 positive images, a PPV without predicted positives) is ``None``, never NaN or a made-up 0.5; in arrays of
 bootstrap results it is NaN, and those resamples are dropped from the intervals.
 
-About 450 lines, kept whole: every metric here shares these conventions and the vectorised bootstrap, and
+About 500 lines, kept whole: every metric here shares these conventions and the vectorised bootstrap, and
 nothing in it depends on the rest of the project; split, each part would restate them.
 """
 
@@ -449,3 +449,55 @@ def bootstrap_auc_difference(
     aucs = bootstrap_auc(np.hstack([y, y]), np.hstack([a, b]), n_resamples=n_resamples, seed=seed)
     difference = aucs[:, :k] - aucs[:, k:]
     return difference[:, 0] if one_finding else difference
+
+
+def grouped_bootstrap_auc(
+    y_true: np.ndarray, y_score: np.ndarray, group: np.ndarray, n_groups: int, resampled: np.ndarray
+) -> np.ndarray:
+    """AUC of one finding within each of several disjoint groups of images, on given bootstrap resamples.
+
+    Parameters
+    ----------
+    y_true, y_score
+        Labels (0/1) and scores of one finding, all images.
+    group
+        Each image's group, ``0 .. n_groups - 1``, or -1 for an image in none.
+    resampled
+        (rows, n_images) image indices, a chunk of `resample_indices`: the groups' AUCs are paired with any
+        other statistic of the same resamples.
+
+    Returns
+    -------
+    numpy.ndarray
+        (rows, n_groups) AUCs; NaN where a group lacks a class in a resample (or altogether).
+
+    Notes
+    -----
+    The codes of `bootstrap_auc`, one code space per group laid end to end, and a final bin for images in no
+    group: one ``bincount`` per chunk counts every group at once.
+    """
+    y, s = _binary(y_true, y_score)
+    group = np.asarray(group)
+    rows = len(resampled)
+    codes = np.full(y.size, -1, dtype=np.intp)
+    spans: list[tuple[int, int, int] | None] = []
+    offset = 0
+    for g in range(n_groups):
+        member = group == g
+        if not has_both_classes(y[member]):
+            spans.append(None)
+            continue
+        group_codes, m = _bootstrap_codes(y[member], s[member])
+        codes[member] = group_codes + offset
+        spans.append((offset, 3 * m + 1, m))
+        offset += 3 * m + 1
+    codes[codes < 0] = offset  # outside every group with a defined AUC: the last bin, not counted
+    width = offset + 1
+    flat = (codes[resampled] + (width * np.arange(rows))[:, None]).ravel()
+    counts = np.bincount(flat, minlength=rows * width).reshape(rows, width)
+    aucs = np.full((rows, n_groups), np.nan)
+    for g, span in enumerate(spans):
+        if span is not None:
+            start, size, m = span
+            aucs[:, g] = _auc_from_counts(counts[:, start : start + size], m)
+    return aucs

@@ -8,13 +8,18 @@ An evaluation folder is self-describing; the dashboard, `evaluation.compare` and
   operating threshold and sensitivity, specificity, PPV, NPV, F1 and confusion counts there, Brier score and
   calibration; the macro mean AUC with its interval; where the predictions, labels and thresholds came from;
 - ``roc.csv``, ``pr.csv``, ``calibration.csv``: the curves, so that plots need no recomputation;
-- with ``evaluate --plots``, ``curves.html``: the figures of `pipeline.plots` on one self-contained page.
+- with ``evaluate --plots``, ``curves.html``: the figures of `pipeline.plots` on one self-contained page;
+- where ages, sexes and views are known, the subgroup audit (`pipeline.evaluation.subgroups`): ``subgroups.json``
+  (`SubgroupAudit`, `read_subgroups`), ``subgroups.csv`` (one row per subgroup, finding and measure) and
+  ``subgroup_metadata.csv`` (the Image, Sex, Age, View it used); with ``--plots`` its two forest plots.
+- with ``evaluate --miss-rate``, ``conformal.json`` (`Conformal`: per-finding and image-level conformal thresholds,
+  what they were calibrated on, the rates realised on this folder's images) and ``risk_coverage.csv``.
 
 Each file is written through a temporary file and a rename, and ``metrics.json`` last, so a folder with a
 ``metrics.json`` is complete. `Summary.to_json` writes the keys in the order earlier versions wrote them, so
 ``metrics.json`` stays byte for byte what it was. Imports no TensorFlow.
 
-About 400 lines, kept whole on purpose: every file format of an evaluation folder (and the predictions CSV and
+About 670 lines, kept whole on purpose: every file format of an evaluation folder (and the predictions CSV and
 thresholds JSON users hand to ``evaluate``, which share them) is defined, read and written here and nowhere else.
 """
 
@@ -30,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.errors import InputError, first_items, reason
-from pipeline.core.files import output_folder, write_csv_atomic, write_json_atomic
+from pipeline.core.files import output_folder, write_csv_atomic, write_json_atomic, write_text_atomic
 from pipeline.core.findings import FINDINGS
 from pipeline.data import label_files
 
@@ -240,6 +245,8 @@ class Evaluation:
     roc: pd.DataFrame  # finding, fpr, tpr, threshold
     pr: pd.DataFrame  # finding, recall, precision, threshold (NaN for the last point, recall 0)
     calibration: pd.DataFrame  # finding, bin, bin_low, bin_high, mean_predicted, observed, count
+    conformal: Conformal | None = None  # with `evaluate --miss-rate`: conformal.json
+    risk_coverage: pd.DataFrame | None = None  # and risk_coverage.csv
 
 
 @dataclass
@@ -261,6 +268,8 @@ def write_evaluation(evaluation: Evaluation, out_dir: str | Path) -> Path:
     out = output_folder(out_dir)
     # A stale metrics.json would vouch for the half-replaced files below until the new one is written.
     (out / METRICS_JSON).unlink(missing_ok=True)
+    for stale in (CONFORMAL_JSON, RISK_COVERAGE_CSV):  # an earlier evaluation's guarantees must not outlive it
+        (out / stale).unlink(missing_ok=True)
     write_csv_atomic(evaluation.predictions, out / PREDICTIONS_CSV)
     write_csv_atomic(label_files.to_course_format(evaluation.labels), out / LABELS_CSV)
     write_csv_atomic(evaluation.roc, out / ROC_CSV)
@@ -396,3 +405,306 @@ def _per_finding(content: dict[str, Any], key: str, findings: list[str]) -> dict
     if missing:
         raise ValueError(f"{key!r} has no entry for {first_items(missing)}")
     return value
+
+
+# --- subgroups (issue 18): subgroups.json, subgroups.csv, subgroup_metadata.csv ---------------------------------
+
+SUBGROUPS_JSON = "subgroups.json"
+SUBGROUPS_CSV = "subgroups.csv"
+SUBGROUP_METADATA_CSV = "subgroup_metadata.csv"
+SUBGROUP_FILES = (SUBGROUPS_JSON, SUBGROUPS_CSV, SUBGROUP_METADATA_CSV)
+SUBGROUP_MEASURES = ("auc", "sensitivity", "fpr", "underdiagnosis", "overdiagnosis")
+
+
+@dataclass
+class Rate:
+    """One subgroup number with its bootstrap 95% interval, and its gap to the rest with the gap's own interval.
+
+    ``value`` is None when ``too_few`` says why (the small-group rule) or when the data cannot define it;
+    ``count`` is its denominator in the subgroup (positives for a sensitivity, negatives for a false-positive
+    rate); ``gap = value - value of the rest`` (None for an AUC).
+    """
+
+    value: float | None
+    ci: list[float] | None
+    count: int
+    gap: float | None = None
+    gap_ci: list[float] | None = None
+    too_few: str | None = None
+
+
+@dataclass
+class SubgroupFinding:
+    """One finding in one subgroup: counts, AUC, and sensitivity and false-positive rate at the threshold."""
+
+    n_positive: int
+    n_negative: int
+    auc: Rate
+    sensitivity: Rate
+    fpr: Rate
+
+
+@dataclass
+class Subgroup:
+    """One subgroup (``attribute`` "sex", "age", "view" or "sex x age"; ``name`` e.g. "female 60-80")."""
+
+    attribute: str
+    name: str
+    n_images: int
+    n_abnormal: int  # images with at least one finding
+    n_normal: int
+    findings: dict[str, SubgroupFinding]
+    underdiagnosis: Rate  # of the abnormal images, the share the model calls normal
+    overdiagnosis: Rate  # of the normal images, the share the model calls abnormal
+
+
+@dataclass
+class SubgroupAudit:
+    """``subgroups.json`` in memory: the subgroup and underdiagnosis audit of one evaluation.
+
+    ``left_out`` names, per reason (``no_metadata``, ``age_over_100``, ``no_age``, ``no_sex``, ``no_view``),
+    the images left out of the subgroups that reason concerns; they stay in the evaluation and in the others.
+    """
+
+    n_images: int
+    attributes: list[str]
+    age_edges: list[int]
+    min_count: int
+    normal_rule: str
+    rest_rule: str
+    n_resamples: int
+    seed: int
+    metadata: str
+    left_out: dict[str, list[str]]
+    groups: list[Subgroup]
+    notes: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        """The subgroups.json object."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, content: Any, source: str = SUBGROUPS_JSON) -> SubgroupAudit:
+        """A `SubgroupAudit` from a parsed subgroups.json; `InputError` naming ``source`` when it is not one."""
+        if not isinstance(content, dict):
+            raise InputError(f"{source}: expected a JSON object, got {type(content).__name__}; {RERUN}")
+        try:
+            groups = [
+                Subgroup(
+                    **{k: v for k, v in group.items() if k not in ("findings", "underdiagnosis", "overdiagnosis")},
+                    findings={
+                        finding: SubgroupFinding(
+                            n_positive=cell["n_positive"], n_negative=cell["n_negative"],
+                            **{m: Rate(**cell[m]) for m in ("auc", "sensitivity", "fpr")},
+                        )
+                        for finding, cell in group["findings"].items()
+                    },
+                    underdiagnosis=Rate(**group["underdiagnosis"]),
+                    overdiagnosis=Rate(**group["overdiagnosis"]),
+                )
+                for group in content["groups"]
+            ]
+            return cls(**{**content, "groups": groups})
+        except KeyError as exc:
+            raise InputError(f"{source}: no {exc.args[0]!r} entry; {RERUN}") from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise InputError(f"{source}: not a subgroups.json of this toolkit ({reason(exc)}); {RERUN}") from None
+
+    def group(self, attribute: str, name: str) -> Subgroup:
+        """The subgroup ``name`` of ``attribute`` (`KeyError` when there is none)."""
+        for group in self.groups:
+            if group.attribute == attribute and group.name == name:
+                return group
+        raise KeyError(f"{attribute} {name}")
+
+
+def subgroup_frame(audit: SubgroupAudit) -> pd.DataFrame:
+    """subgroups.csv: one row per subgroup, finding and measure, every number beside its interval and count.
+
+    The underdiagnosis and overdiagnosis rows have finding ``any``; an empty value has ``too_few`` saying why.
+    """
+    rows = []
+    for group in audit.groups:
+        cells: list[tuple[str, str, Rate]] = [
+            (finding, measure, getattr(cell, measure))
+            for finding, cell in group.findings.items()
+            for measure in ("auc", "sensitivity", "fpr")
+        ]
+        cells += [("any", "underdiagnosis", group.underdiagnosis), ("any", "overdiagnosis", group.overdiagnosis)]
+        for finding, measure, rate in cells:
+            ci, gap_ci = rate.ci or [None, None], rate.gap_ci or [None, None]
+            rows.append({
+                "attribute": group.attribute, "group": group.name, "n_images": group.n_images,
+                "finding": finding, "measure": measure, "value": rate.value, "ci_low": ci[0], "ci_high": ci[1],
+                "gap": rate.gap, "gap_ci_low": gap_ci[0], "gap_ci_high": gap_ci[1], "count": rate.count,
+                "too_few": rate.too_few or "",
+            })
+    return pd.DataFrame(rows)
+
+
+def write_subgroups(audit: SubgroupAudit | None, metadata: pd.DataFrame | None, out_dir: str | Path) -> None:
+    """Write (or, for None, remove stale) subgroups.json, subgroups.csv and subgroup_metadata.csv."""
+    out = output_folder(out_dir)
+    if audit is None:
+        for name in SUBGROUP_FILES:
+            (out / name).unlink(missing_ok=True)
+        return
+    (out / SUBGROUPS_JSON).unlink(missing_ok=True)  # written last: with it, the other two are complete
+    if metadata is not None:
+        write_csv_atomic(metadata, out / SUBGROUP_METADATA_CSV)
+    write_csv_atomic(subgroup_frame(audit), out / SUBGROUPS_CSV)
+    # compact: indented, the 836 numbers of a default audit with their intervals and counts take 230 kB
+    write_text_atomic(json.dumps(audit.to_json(), allow_nan=False, separators=(",", ":")) + "\n", out / SUBGROUPS_JSON)
+
+
+def read_subgroups(eval_dir: str | Path) -> SubgroupAudit | None:
+    """An evaluation folder's subgroups.json, or None when it has none (evaluated without metadata or earlier)."""
+    path = Path(eval_dir) / SUBGROUPS_JSON
+    if not path.is_file():
+        return None
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: unreadable ({reason(exc)}); {RERUN}") from None
+    return SubgroupAudit.from_json(content, str(path))
+
+
+def read_subgroup_metadata(eval_dir: str | Path) -> pd.DataFrame | None:
+    """The Image, Sex, Age, View table an audit used (subgroup_metadata.csv), or None when absent."""
+    path = Path(eval_dir) / SUBGROUP_METADATA_CSV
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_csv(path, dtype={"Image": str, "Sex": str, "View": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        raise InputError(f"{path}: cannot be read as CSV ({reason(exc)}); {RERUN}") from None
+
+
+# --- conformal guarantees (conformal.json, risk_coverage.csv; computed by pipeline.evaluation.conformal) -----------
+
+CONFORMAL_JSON = "conformal.json"
+RISK_COVERAGE_CSV = "risk_coverage.csv"
+RISK_COVERAGE_COLUMNS = ["coverage", "n_kept", "miss_rate", "set_miss", "mean_auc"]
+
+
+@dataclass
+class Realised:
+    """A rate seen on held-out images: ``count`` of ``n`` with its Clopper-Pearson 95% interval (None when n = 0)."""
+
+    n: int
+    count: int
+    rate: float | None
+    ci: list[float] | None
+
+
+@dataclass
+class FindingGuarantee:
+    """One finding's conformal thresholds, calibrated on validation positives (miss) and negatives (false alarm).
+
+    A score below ``miss_threshold`` is *ruled out*, above ``false_alarm_threshold`` *flagged*. A threshold is None
+    where the validation set has too few images of that class for the rate asked; ``notes`` then say so.
+    ``*_bound`` is the rate the finite-sample rule guarantees, k / (n + 1), at most the rate asked.
+    """
+
+    n_positive: int
+    n_negative: int
+    miss_threshold: float | None
+    miss_bound: float | None
+    false_alarm_threshold: float | None
+    false_alarm_bound: float | None
+    notes: list[str]
+    test_misses: Realised | None = None  # positives of the test set scored below miss_threshold
+    test_false_alarms: Realised | None = None  # negatives of the test set scored above false_alarm_threshold
+
+
+@dataclass
+class ImageGuarantee:
+    """Conformal risk control of the image-level set {findings not ruled out} = {findings scoring >= threshold}.
+
+    Calibrated on the ``n_images`` validation images with at least one finding; bounds the expected share of such
+    an image's true findings left out of its set by the miss rate asked. None with a note when there are too few.
+    """
+
+    n_images: int
+    threshold: float | None
+    note: str | None
+    test_n_images: int | None = None
+    test_missed_share: float | None = None  # mean share of each test image's true findings left out of its set
+    test_missed_share_ci: list[float] | None = None  # bootstrap percentile 95% interval over images
+    test_mean_set_size: float | None = None
+
+
+@dataclass
+class Conformal:
+    """``conformal.json`` in memory: the guarantees of an evaluation and the data they were calibrated on."""
+
+    miss_rate: float
+    false_alarm_rate: float
+    calibration: str  # the validation evaluation or label file the thresholds were chosen on
+    calibration_images: int
+    findings: dict[str, FindingGuarantee]
+    image: ImageGuarantee
+    abstention: str  # how the risk-coverage curve orders images, in words
+    calibration_sha256: str | None = None
+    test: str | None = None  # the labels the realised rates were measured on
+
+    def to_json(self) -> dict[str, Any]:
+        """The conformal.json object."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, content: Any, source: str = CONFORMAL_JSON) -> Conformal:
+        """A `Conformal` from a parsed conformal.json; `InputError` naming ``source`` when it is not one."""
+        if not isinstance(content, dict):
+            raise InputError(f"{source}: expected a JSON object, got {type(content).__name__}; {RERUN}")
+        try:
+            findings = {}
+            for name, entry in content["findings"].items():
+                entry = dict(entry)
+                for key in ("test_misses", "test_false_alarms"):
+                    entry[key] = Realised(**entry[key]) if entry.get(key) is not None else None
+                findings[str(name)] = FindingGuarantee(**entry)
+            missing = [f for f in FINDINGS if f not in findings]
+            if missing:
+                raise ValueError(f"no entry for {first_items(missing)}")
+            return cls(**{**content, "findings": findings, "image": ImageGuarantee(**content["image"])})
+        except KeyError as exc:
+            raise InputError(f"{source}: no {exc.args[0]!r} entry; {RERUN}") from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise InputError(f"{source}: not a conformal.json of this toolkit ({reason(exc)}); {RERUN}") from None
+
+
+def write_conformal(conformal: Conformal, risk_coverage: pd.DataFrame | None, out_dir: str | Path) -> Path:
+    """Write conformal.json (and risk_coverage.csv when given) into an evaluation folder; returns conformal.json."""
+    out = output_folder(out_dir)
+    if risk_coverage is not None:
+        write_csv_atomic(risk_coverage[RISK_COVERAGE_COLUMNS], out / RISK_COVERAGE_CSV)
+    write_json_atomic(conformal.to_json(), out / CONFORMAL_JSON)
+    return out / CONFORMAL_JSON
+
+
+def read_conformal(eval_dir: str | Path) -> Conformal | None:
+    """An evaluation folder's conformal guarantees, or None when it has none (evaluated without ``--miss-rate``)."""
+    path = Path(eval_dir) / CONFORMAL_JSON
+    if not path.is_file():
+        return None
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: unreadable ({reason(exc)}); {RERUN}") from None
+    return Conformal.from_json(content, str(path))
+
+
+def read_risk_coverage(eval_dir: str | Path) -> pd.DataFrame | None:
+    """An evaluation folder's risk-coverage curve, or None when it has none."""
+    path = Path(eval_dir) / RISK_COVERAGE_CSV
+    if not path.is_file():
+        return None
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        raise InputError(f"{path}: cannot be read as CSV ({reason(exc)}); {RERUN}") from None
+    missing = [c for c in RISK_COVERAGE_COLUMNS if c not in frame.columns]
+    if missing:
+        raise InputError(f"{path}: no column {first_items(missing)}; {RERUN}")
+    return frame

@@ -9,8 +9,9 @@ gradient by ``p_k * (1 - p_k) > 0``, another positive per-class factor. Each map
 [0, 1], which removes these factors, so one forward pass that returns ``A`` and the probabilities gives
 all 14 maps. The generic GradientTape version the tests hold this to is `tests/explain/gradcam_reference.py`.
 
-TensorFlow is imported inside the functions that take a Keras model, so `maps_from_cams` and `overlay`
-serve an exported model (`pipeline.inference.serving`) without it.
+The exported model (`pipeline.inference.serving`) returns the class activation maps themselves, and
+`serving.maps_from_cams` scales them to heatmaps for both. TensorFlow is imported inside the functions that
+take a Keras model, so `overlay` needs none.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 from pipeline.core.errors import InputError
 from pipeline.core.files import write_bytes_atomic
 from pipeline.data import imaging
+from pipeline.inference.serving import maps_from_cams
 
 if TYPE_CHECKING:
     import keras
@@ -46,11 +48,6 @@ def heatmaps(model: keras.Model, image: np.ndarray, full_size: bool = True) -> t
     cams = np.maximum(features.numpy()[0] @ kernel, 0.0)  # h x w x findings
     shape = image.shape if full_size else (input_size(model),) * 2
     return probabilities.numpy()[0], maps_from_cams(cams, shape)
-
-
-def maps_from_cams(cams: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Heatmaps ``[n_findings, H, W]`` in [0, 1] from class activation maps ``h x w x n_findings``."""
-    return np.stack([to_heatmap(cam, shape) for cam in np.moveaxis(np.asarray(cams), -1, 0)])
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, opacity: float = 0.4) -> np.ndarray:
@@ -94,11 +91,3 @@ def model_input(model: keras.Model, image: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected an H x W grayscale image, got shape {image.shape}")
     resized = imaging.resize(image, input_size(model))
     return resized[np.newaxis, :, :, np.newaxis].astype(np.float32)
-
-
-def to_heatmap(cam: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Resize a coarse map to ``shape[:2]`` and scale it to [0, 1]; an all-zero map stays zero."""
-    height, width = shape[:2]
-    cam = cv2.resize(cam.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-    peak = float(cam.max())
-    return np.clip(cam / peak, 0.0, 1.0) if peak > 0 else np.zeros((height, width), np.float32)

@@ -3,10 +3,11 @@
 `export` turns a ``.keras`` checkpoint into an ONNX model beside it (``best.keras`` -> ``best.onnx`` and
 ``best.onnx.json``): the preprocessing (gray to RGB, ImageNet normalisation) is frozen into the graph as
 constants, and the graph returns the probabilities, the last feature maps (``relu``) and the 14 class
-activation maps, so Grad-CAM (`explain.gradcam`) and the typicality score (`inference.ood`) come from the
-same forward pass. `load_predictor` runs that export with ONNX Runtime when it was made from the
-checkpoint as it is now (its SHA-256 is recorded), and otherwise falls back to the checkpoint in Keras:
-the checkpoint stays the source of truth. TensorFlow is imported only by `export` and the fallback.
+activation maps, so the Grad-CAM heatmaps (`maps_from_cams`; `explain.gradcam` holds the maths and the
+overlay) and the typicality score (`inference.ood`) come from the same forward pass. `load_predictor` runs
+that export with ONNX Runtime when it was made from the checkpoint as it is now (its SHA-256 is recorded),
+and otherwise falls back to the checkpoint in Keras: the checkpoint stays the source of truth. TensorFlow is
+imported only by `export` and the fallback.
 
 About 350 lines: the export, the two predictors and the statistics pass share one contract (the export's
 outputs and its info file), which is easiest to check in one place.
@@ -20,12 +21,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import cv2
 import numpy as np
 
 from pipeline.core.errors import InputError, reason
 from pipeline.core.files import sha256_of, write_json_atomic
 from pipeline.data import imaging
-from pipeline.explain import gradcam
 from pipeline.inference import ood
 
 if TYPE_CHECKING:
@@ -139,8 +140,21 @@ def analyse(
     for i, (image, gray) in enumerate(zip(decoded, grays, strict=True)):
         shape = gray.shape if heatmap_size is None else (heatmap_size, heatmap_size)
         verdict = ood.judge(image, gray, forward.pooled[i : i + 1], stats)
-        answers.append(Answer(forward.probabilities[i], gradcam.maps_from_cams(forward.cams[i], shape), verdict))
+        answers.append(Answer(forward.probabilities[i], maps_from_cams(forward.cams[i], shape), verdict))
     return answers
+
+
+def maps_from_cams(cams: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Heatmaps ``[n_findings, H, W]`` in [0, 1] from class activation maps ``h x w x n_findings``."""
+    return np.stack([to_heatmap(cam, shape) for cam in np.moveaxis(np.asarray(cams), -1, 0)])
+
+
+def to_heatmap(cam: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Resize a coarse map to ``shape[:2]`` and scale it to [0, 1]; an all-zero map stays zero."""
+    height, width = shape[:2]
+    cam = cv2.resize(cam.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    peak = float(cam.max())
+    return np.clip(cam / peak, 0.0, 1.0) if peak > 0 else np.zeros((height, width), np.float32)
 
 
 def flag_paths(

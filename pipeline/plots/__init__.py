@@ -2,6 +2,7 @@
 ``evaluate --plots``; one look for all (`style`). Submodules by what they show; the names below are the API.
 """
 
+from pipeline.plots.conformal import CONFORMAL_PLOT, risk_coverage_figure, write_conformal_plot
 from pipeline.plots.dataset import bar_chart, cooccurrence_figure, images_per_patient_figure, prevalence_figure
 from pipeline.plots.evaluation import (
     EVALUATION_PAGE,
@@ -16,11 +17,21 @@ from pipeline.plots.evaluation import (
     write_evaluation_plots,
 )
 from pipeline.plots.style import NEGATIVE, NEUTRAL, POSITIVE, SERIES, format_ci, side_legend, style
+from pipeline.plots.subgroups import (
+    GAP_MEASURES,
+    SUBGROUP_PLOTS,
+    subgroup_auc_figure,
+    subgroup_gap_figure,
+    write_subgroup_plots,
+)
 from pipeline.plots.training import training_figures
 
 __all__ = [
-    "EVALUATION_PAGE", "EVALUATION_PLOTS", "NEGATIVE", "NEUTRAL", "POSITIVE", "SERIES", "Curves", "ap_legend",
-    "auc_legend", "bar_chart", "brier_legend", "calibration_figure", "cooccurrence_figure", "format_ci",
+    "EVALUATION_PAGE", "EVALUATION_PLOTS", "NEGATIVE", "NEUTRAL", "POSITIVE", "SERIES", "Curves",
+    "ap_legend", "auc_legend", "bar_chart", "brier_legend", "calibration_figure", "cooccurrence_figure", "format_ci",
     "images_per_patient_figure", "pr_figure", "prevalence_figure", "roc_figure", "side_legend", "style",
     "training_figures", "write_evaluation_plots",
+    "GAP_MEASURES", "SUBGROUP_PLOTS", "subgroup_auc_figure", "subgroup_gap_figure", "write_subgroup_plots",
+    # the conformal risk-coverage curve (pipeline.plots.conformal)
+    "CONFORMAL_PLOT", "risk_coverage_figure", "write_conformal_plot",
 ]

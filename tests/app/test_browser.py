@@ -164,6 +164,11 @@ def test_every_page_in_a_browser(page, served):
     visit(page, f"{app_url}/performance", "Model performance")
     if runs.find_evaluations(folder):
         assert screenshot(page, "performance", min_charts=1) >= 1
+        page.get_by_role("tab", name="Subgroups").click()  # the subgroup audit: honesty, table, gap forest plot
+        page.get_by_text("far too few for conclusions about subgroups", exact=False).first.wait_for()
+        assert page.get_by_text("Underdiagnosis", exact=True).first.is_visible()
+        assert page.locator('[data-testid="stTabPanel"]:visible [data-testid="stPlotlyChart"]').count() >= 1
+        screenshot(page, "performance-subgroups")
     else:  # a demo model committed without its evaluation: the page says how to make one
         assert page.get_by_text("chestxray evaluate", exact=False).first.is_visible()
         screenshot(page, "performance")
@@ -216,3 +221,32 @@ def test_predict_upload_and_corrupt_file(page, served, tmp_path):
     shown = chooser.inner_text() + " " + chooser.locator("input").first.input_value()
     assert "00000100_000.png" in shown, chooser.inner_html()[:3000]
     assert chooser.locator("input").first.is_disabled()
+
+
+def test_conformal_answers_and_guarantees(page, served):
+    """Predict shows the three answers with their calibration source; Model performance the Guarantees tab."""
+    from pipeline.evaluation import conformal
+
+    app_url, folder = served
+    shipped = any(conformal.read_conformal(path) for path in folder.glob("runs/*/eval-test"))
+    visit(page, f"{app_url}/predict", "Predict")
+    uploader = page.locator('[data-testid="stFileUploader"] input[type="file"]')
+    uploader.set_input_files(str(TEST_DATA / "00000001_000.png"))
+    page.get_by_text("1024 x 1024 px", exact=False).wait_for()
+    settle(page)
+    if not shipped:  # the tiny test run has no conformal thresholds: the page says where they would come from
+        assert page.get_by_text("No conformal answers", exact=False).first.is_visible()
+        return
+    heading = page.get_by_role("heading", name="Ruled out, uncertain or flagged")
+    heading.wait_for()
+    heading.scroll_into_view_if_needed()
+    screenshot(page, "predict-conformal")
+    caption = page.locator('[data-testid="stCaptionContainer"]').filter(has_text="Conformal answers")
+    assert "calibrated on" in caption.inner_text() and "eval-valid" in caption.inner_text()
+
+    visit(page, f"{app_url}/performance", "Model performance")
+    page.get_by_role("tab", name="Guarantees").click()
+    page.get_by_text("Image level", exact=False).first.wait_for()
+    settle(page)
+    assert page.get_by_text("What the guarantee says", exact=False).first.is_visible()
+    screenshot(page, "performance-guarantees", min_charts=1)

@@ -15,7 +15,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.explain.gradcam import model_input, to_heatmap
+from pipeline.explain.gradcam import model_input
+from pipeline.inference.serving import to_heatmap
 from pipeline.networks.densenet import CAM_LAYER, HEAD_LAYER
 
 # model -> {layer name: traced tape function}; traced for the reason in `pipeline.networks.densenet.inference_function`.

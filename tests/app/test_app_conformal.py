@@ -1,0 +1,94 @@
+"""The dashboard's conformal parts in AppTest: the three answers on Predict (one image, an out-of-distribution
+image, the batch table) and the Guarantees view of Model performance (issue 19)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from conftest import REPO, TEST_DATA
+from test_app import TIMEOUT, build_artifacts, open_page, text, widget
+
+from pipeline.core.findings import FINDINGS
+from pipeline.evaluation import conformal
+
+MAIN = str(REPO / "app" / "main.py")
+ANSWERS = {"ruled out", "uncertain", "flagged"}
+
+
+@pytest.fixture(scope="module")
+def artifacts_with_guarantees(small_model, tmp_path_factory):
+    """The test artifacts of test_app, with conformal thresholds (miss rate 0.2) in the tiny run's eval-test."""
+    root = build_artifacts(tmp_path_factory.mktemp("artifacts"), small_model)
+    run = root / "runs" / "tiny"
+    conformal.add_to_evaluation(run / "eval-test", run / "eval-valid", 0.2, n_bootstrap=100)
+    return root
+
+
+@pytest.fixture
+def app(artifacts_with_guarantees, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("CHESTXRAY_ARTIFACTS", str(artifacts_with_guarantees))
+    monkeypatch.chdir(REPO)
+    at = AppTest.from_file(MAIN, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def answers_frame(at):
+    return next(d.value for d in at.dataframe if "Answer" in d.value.columns)
+
+
+def test_predict_shows_the_three_answers_with_guarantee_and_source(app):
+    open_page(app, "predict")
+    app.file_uploader[0].set_value(("x.png", (TEST_DATA / "00000001_000.png").read_bytes(), "image/png")).run()
+    assert not app.exception
+    assert "Ruled out, uncertain or flagged" in [h.value for h in app.subheader]
+    table = answers_frame(app)
+    assert sorted(table["Finding"]) == sorted(FINDINGS) and set(table["Answer"]) <= ANSWERS
+    body = text(app)
+    assert "calibrated on `" in body and "eval-valid" in body and "miss rate at most 0.2" in body
+    assert "exchangeable" in body and "Image-level set" in body
+    for _, row in table.iterrows():
+        if row["Answer"] == "ruled out":
+            assert "a positive image is ruled out with probability at most" in row["Guarantee"]
+
+
+def test_an_out_of_distribution_image_gets_no_guarantee(app):
+    open_page(app, "predict")
+    photo = np.zeros((480, 640, 3), np.uint8)
+    photo[:, :320] = (0, 200, 0)
+    ok, data = cv2.imencode(".jpg", photo)
+    app.file_uploader[0].set_value([("holiday.jpg", data.tobytes(), "image/jpeg")]).run()
+    widget(app.checkbox, "Show the probabilities anyway").check().run()
+    assert not app.exception
+    assert any("No guarantee for this image" in w.value and "calibration images" in w.value for w in app.warning)
+    assert not any("Answer" in d.value.columns for d in app.dataframe)
+
+
+def test_batch_table_has_answer_columns_and_none_for_flagged_files(app):
+    open_page(app, "predict")
+    xray = (TEST_DATA / "00000001_000.png").read_bytes()
+    ok, flat = cv2.imencode(".png", np.full((300, 300), 120, np.uint8))
+    app.file_uploader[0].set_value([("a.png", xray, "image/png"), ("flat.png", flat.tobytes(), "image/png")]).run()
+    assert not app.exception
+    table = app.dataframe[0].value
+    answered = table.loc[0, ["Flagged", "Uncertain", "Ruled out"]]
+    named = [f for cell in answered if cell for f in cell.split(", ")]
+    assert sorted(named) == sorted(FINDINGS)  # every finding gets exactly one answer
+    assert set(table.loc[1, ["Flagged", "Uncertain", "Ruled out"]]) == {"no guarantee (out of distribution)"}
+
+
+def test_performance_guarantees_view(app):
+    open_page(app, "performance")
+    body = text(app)
+    assert "miss rate 0.2" in body and "calibrated on" in body and "Image level" in body
+    table = next(d.value for d in app.dataframe if "Miss rate here [95% CI]" in d.value.columns)
+    assert list(table["Finding"]) == list(FINDINGS)
+    few = table[table["Validation positives"] < 4]
+    assert (few["Miss rate here [95% CI]"] == "too few positives").all() and len(few) > 0
+    assert any("Risk-coverage" in c.value for c in app.caption)
+    widget(app.multiselect, "Evaluations").set_value(["runs/tiny/eval-valid"]).run()
+    assert "has no conformal thresholds" in text(app) and not app.exception

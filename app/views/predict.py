@@ -176,7 +176,9 @@ def batch_table(results: list[tuple[str, serving.Answer | None, str | None]], na
                 row.update({name: round(float(p), 4) for name, p in zip(names, answer.probabilities, strict=True)})
         row.update(guarantees_view.batch_columns(guarantees, names, answer))
         rows.append(row)
-    table = pd.DataFrame(rows, columns=["File", "Status", *names, "Typicality", "Reason"])
+    first, last = ["File", "Status", *names], ["Typicality", "Reason"]
+    extra = list(dict.fromkeys(key for row in rows for key in row if key not in first + last))  # e.g. the answers
+    table = pd.DataFrame(rows, columns=[*first, *extra, *last])
     table[[*names, "Typicality"]] = table[[*names, "Typicality"]].astype(float)
     for name in names:
         if name in thresholds:

@@ -199,14 +199,14 @@ def test_predict_upload_and_corrupt_file(page, served, tmp_path):
     error.first.wait_for()
     message = error.first.inner_text().strip()
     assert message.startswith("truncated.png:") and "\n" not in message
-    page.locator('[data-testid="stDataFrame"]').wait_for()  # the table
+    page.locator('[data-testid="stDataFrame"]').first.wait_for()  # the table
     images.nth(1).wait_for()  # the chosen row's Grad-CAM
     settle(page)
     assert images.count() == 2
     screenshot(page, "predict-error")
 
     # a click on the third row (the RGBA original) shows its Grad-CAM: the grid is a canvas, rows 35 px high
-    box = page.locator('[data-testid="stDataFrame"]').bounding_box()
+    box = page.locator('[data-testid="stDataFrame"]').first.bounding_box()  # the batch table, above the answers
     page.mouse.click(box["x"] + 12, box["y"] + 35 * 3 + 17)
     page.get_by_text("Image 00000100_000.png", exact=False).wait_for()
     images.nth(1).wait_for()

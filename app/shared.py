@@ -8,6 +8,7 @@ page loads a model.
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -140,8 +141,8 @@ def chosen_run() -> runs.Run | None:
 
 
 def headline_evaluation(run: runs.Run) -> Path | None:
-    """The evaluation the pages judge a run by (`pipeline.training.runs.headline_evaluation`)."""
-    return runs.headline_evaluation(run)
+    """The evaluation a run is judged by (`pipeline.training.runs.headline_evaluation`, as `predict` uses)."""
+    return runs.headline_evaluation(run.evaluations)
 
 
 # --- cached calls into pipeline ------------------------------------------------------------------------------
@@ -222,22 +223,82 @@ def redact(message: str) -> str:
     return message
 
 
+CLI = ".venv/bin/chestxray"  # as the README: works when pasted in the checkout after `make run`, venv active or not
+# A new run on the embedded split, as `make demo-model` trains the shipped ones (offline: no ImageNet download).
+NEW_RUN = {"train": "nih/train-small.csv", "valid": "nih/valid-small.csv", "images": "nih/images", "image_size": 128,
+           "epochs": 30, "batch_size": 16, "lr": 1e-3, "weights": "none", "loss": "weighted", "patience": 8,
+           "seed": 0}
+# config.json key -> train's flag, for the settings that make a run what it is.
+TRAIN_FLAGS = {"train": "--train", "valid": "--valid", "images": "--images", "image_size": "--image-size",
+               "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "weights": "--weights",
+               "loss": "--loss", "patience": "--patience", "seed": "--seed"}
+
+
+def _command(words: list[str]) -> str:
+    """A shell command line of quoted words, wrapped after about 100 characters with backslashes."""
+    lines, line = [], CLI
+    for word in map(shlex.quote, words):
+        if len(line) + len(word) > 100 and word.startswith("--"):
+            lines.append(line + " \\")
+            line = "   "
+        line += " " + word
+    return "\n".join([*lines, line])
+
+
+def _settings(run_dir: Path | None) -> dict:
+    """The run's config.json (unreadable: the settings of a new run; the page shows that error elsewhere)."""
+    if run_dir is None:
+        return dict(NEW_RUN)
+    try:
+        config = runs.read_config(run_dir)
+    except InputError:
+        config = {}
+    return config or dict(NEW_RUN)
+
+
 def train_command(run_dir: Path | None = None) -> str:
-    """The command that trains a run on the embedded split."""
+    """The command that trains ``run_dir`` again with the settings of its own config.json, or a new demo run."""
+    config = _settings(run_dir)
     out = display_path(run_dir or paths.artifacts_dir() / "runs" / "demo")
-    return (
-        ".venv/bin/python -m pipeline train --train nih/train-small.csv --valid nih/valid-small.csv \\\n"
-        f"    --images nih/images --out {out}"
-    )
+    words = ["train"]
+    for key, flag in TRAIN_FLAGS.items():
+        if config.get(key) is not None:
+            value = config[key]
+            words += [flag, display_path(value) if key in ("train", "valid", "images") else f"{value:g}"
+                      if isinstance(value, float) else str(value)]
+    init_from = config.get("init_from")
+    if isinstance(init_from, dict) and init_from.get("path"):
+        words += ["--init-from", display_path(init_from["path"])]
+    words += [flag for key, flag in (("mixed_precision", "--mixed-precision"), ("jit_compile", "--jit-compile"))
+              if config.get(key)]
+    return _command([*words, "--out", out])
 
 
 def evaluate_command(checkpoint: Path, out: Path) -> str:
-    """The command that evaluates a checkpoint on the embedded test set, thresholds chosen on validation."""
-    return (
-        f".venv/bin/python -m pipeline evaluate --checkpoint {display_path(checkpoint)} \\\n"
-        "    --labels nih/test.csv --images nih/images --valid-labels nih/valid-small.csv \\\n"
-        f"    --out {display_path(out)}"
-    )
+    """The command that evaluates a checkpoint on the embedded test set, thresholds chosen on the run's validation
+    labels, with the run's image folder (both from its config.json)."""
+    config = _settings(checkpoint.parent)
+    words = ["evaluate", "--checkpoint", display_path(checkpoint), "--labels", "nih/test.csv"]
+    if config.get("images"):
+        words += ["--images", display_path(config["images"])]
+    words += ["--valid-labels", display_path(config.get("valid", NEW_RUN["valid"])), "--out", display_path(out)]
+    return _command(words)
+
+
+def export_command(run_dir: Path) -> str:
+    """The command that adds the ONNX export and the guard's statistics to a run, from its config.json."""
+    config = _settings(run_dir)
+    words = ["export", "--run", display_path(run_dir)]
+    for key in ("train", "valid", "images"):
+        if config.get(key):
+            words += [f"--{key}", display_path(config[key])]
+    return _command(words)
+
+
+def no_checkpoint_note(run: runs.Run) -> str:
+    """Said wherever a run without a checkpoint is shown: its numbers stand, but nothing can be predicted."""
+    return (f"Run {run.name} has no checkpoint (no `best.keras` in `{display_path(run.path)}`): its recorded "
+            "evaluations and history can be read, but it cannot predict. Train it again with its own settings:")
 
 
 def explain_missing_run() -> None:
@@ -245,7 +306,8 @@ def explain_missing_run() -> None:
     run_dir = paths.artifacts_dir() / "runs" / "demo"
     st.info(
         f"No trained model yet: there is no run under `{display_path(paths.artifacts_dir() / 'runs')}`. "
-        "Train one on the embedded split (add `--weights none` when offline), then evaluate it:"
+        "Train one on the embedded split (from random weights, so it works offline; `--weights imagenet` starts "
+        "from ImageNet where it can be downloaded), then evaluate it:"
     )
     st.code(train_command(run_dir) + "\n" + evaluate_command(run_dir / "best.keras", run_dir / "eval-test"),
             language="bash")

@@ -90,13 +90,7 @@ with left:
     shared.chart(plots.bar_chart(list(per_image), list(per_image.values()), "Findings per image",
                                  "Findings on the image", "Images (count)"))
 with mid:
-    per_patient = summary["images_per_patient"]["histogram"]
-    fig = plots.bar_chart([int(k) for k in per_patient], list(per_patient.values()), "Images per patient",
-                          "Images of the patient", "Patients (count)")
-    fig.update_xaxes(dtick=1 if len(per_patient) < 15 else None)
-    if len(per_patient) > 10:
-        fig.update_yaxes(type="log", title="Patients (count, log scale)")
-    shared.chart(fig)
+    shared.chart(plots.images_per_patient_figure(summary["images_per_patient"]["histogram"]))
 with right:
     age_bins = summary.get("age", {}).get("bins", {})
     shared.chart(plots.bar_chart(list(age_bins), list(age_bins.values()), "Age", "Age (years)", "Images (count)"))

@@ -85,7 +85,7 @@ with right:
                 icon=":material/info:",
             )
         if run.checkpoint is None:
-            st.info("This run has no checkpoint yet; train it with:")
+            st.info(shared.no_checkpoint_note(run), icon=":material/info:")
             st.code(shared.train_command(run.path), language="bash")
         elif evaluation is None:
             st.info("This run has not been evaluated yet; evaluate it with:")

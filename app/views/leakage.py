@@ -47,7 +47,7 @@ else:
         st.error(
             f"**Leakage**: {len(leaking)} of {len(reports)} pairs share patients; e.g. {len(worst.patients):,} "
             f"patients are in both {worst.name_a} and {worst.name_b}. Split by patient "
-            "(`python -m pipeline split`).",
+            "(the `split` command: `.venv/bin/chestxray split --help`).",
             icon=":material/error:",
         )
     else:

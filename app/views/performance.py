@@ -28,6 +28,14 @@ def comparison(folders: tuple[str, ...], n_bootstrap: int, modified: tuple[float
     return compare.comparison_frame(compare.compare(list(folders), n_bootstrap=n_bootstrap, seed=0))
 
 
+def model_name(source: str | None) -> str:
+    """The evaluated model's path, marked when that file is no longer there (e.g. a run shipped without it)."""
+    if source is None:
+        return "?"
+    missing = source.endswith(".keras") and not (paths.REPO_ROOT / source).is_file()
+    return shared.display_path(source) + (" (file not present)" if missing else "")
+
+
 def data_of(m: Summary) -> str:
     """Which data an evaluation measured: ``55 images of `nih/test.csv```."""
     return f"{m.n_images} images of `{shared.display_path(m.labels_file or '?')}`"
@@ -51,6 +59,10 @@ if not found:
     else:
         shared.explain_missing_run()
     st.stop()
+
+if run is not None and run.checkpoint is None:
+    st.info(shared.no_checkpoint_note(run), icon=":material/info:")
+    st.code(shared.train_command(run.path), language="bash")
 
 unevaluated = [r for r in runs.find_runs(artifacts) if r.checkpoint is not None and not r.evaluations]
 if unevaluated:
@@ -81,7 +93,7 @@ for name, result in evals.items():
     m = result.summary
     rows.append({
         "Evaluation": name,
-        "Model": shared.display_path(m.model_source or "?"),
+        "Model": model_name(m.model_source),
         "Labels file": shared.display_path(m.labels_file or "?"),
         "Images": m.n_images,
         "Mean AUC (95% CI)": plots.format_ci(m.mean_auc, m.mean_auc_ci),
@@ -189,7 +201,7 @@ with tabs[5]:
                     count = f" ({config['n_valid']} images)" if "n_valid" in config else ""
                     validation.append(f"{folder.name} on `{shared.display_path(config['valid'])}`{count}")
     if not histories:
-        st.info("None of these runs has a readable history.csv; `python -m pipeline train` writes one per run.")
+        st.info("None of these runs has a readable history.csv; `chestxray train` writes one per run.")
     else:
         left, right = st.columns(2)
         for column, fig in zip((left, right), plots.training_figures(histories), strict=True):

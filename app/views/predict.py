@@ -22,6 +22,7 @@ from PIL import Image
 from pipeline import plots
 from pipeline.core import paths
 from pipeline.core.errors import InputError
+from pipeline.core.text import count, plural
 from pipeline.data import imaging
 from pipeline.evaluation.results import Conformal
 from pipeline.explain import gradcam
@@ -52,15 +53,22 @@ def analyse(checkpoint: str, modified: float, stats_modified: float, decoded: np
     return serving.analyse(predictor, stats, [decoded], heatmap_size=predictor.input_size)[0]
 
 
-def choose_image(column, available: dict) -> str:
-    """The picked image's name: a list for up to `PICK_LIST` images, else its file name typed in."""
+def choose_image(column, available: dict, uploaded: bool) -> str:
+    """The picked image's name: a list for up to `PICK_LIST` images, else its file name typed in; disabled (and
+    saying so) while files are uploaded, since the uploads are what is shown."""
     if not available:
         raise InputError("the image folder holds no PNG, JPEG or DICOM file; upload one instead")
     names = list(available)
+    note = ("Not used while files are uploaded: remove them (x) to predict a picked image. " if uploaded else
+            "Used when no file is uploaded; ") + shared.images_note()
     if len(names) <= PICK_LIST:
-        return column.selectbox("Or pick an image", names, index=names.index(DEFAULT_IMAGE) if DEFAULT_IMAGE in
-                                names else 0, help="Used when no file is uploaded; " + shared.images_note())
-    typed = column.text_input("Or give an image's file name", names[0], help=shared.images_note()).strip()
+        picked = column.selectbox("Or pick an image", names, index=names.index(DEFAULT_IMAGE) if DEFAULT_IMAGE in
+                                  names else 0, help=note, disabled=uploaded)
+    else:
+        picked = column.text_input("Or give an image's file name", names[0], help=note, disabled=uploaded).strip()
+    if uploaded:
+        column.caption("Showing the uploaded files; the picker is used when no file is uploaded.")
+    typed = picked
     if typed not in available:
         raise InputError(f"{typed}: no such image in the folder; give a file name such as {names[0]}")
     return typed
@@ -133,27 +141,32 @@ def show_image(image_name: str, image: np.ndarray, answer: serving.Answer, names
 
 def batch_table(results: list[tuple[str, serving.Answer | None, str | None]], names: list[str],
                 thresholds: dict[str, float], guarantees: Conformal | None, show_flagged: bool) -> pd.DataFrame:
-    """One row per file: status, typicality, reason, each finding's probability (hidden for flagged images)."""
+    """One row per file: file, status, each finding's probability (hidden for flagged images), the conformal
+    answers, typicality and the reason last, so the long reasons never push the findings out of view; empty cells
+    where nothing applies."""
     rows = []
     for file, answer, error in results:
-        row: dict[str, object] = {"File": file}
+        row: dict[str, object] = {"File": file, **dict.fromkeys(names, np.nan)}
         if answer is None:
-            row.update({"Status": "unreadable", "Typicality": None, "Reason": error})
+            row.update({"Status": "unreadable", "Typicality": np.nan, "Reason": error or ""})
         else:
             verdict = answer.verdict
+            typicality = np.nan if verdict.typicality is None else float(verdict.typicality)
             row.update({"Status": "ok" if verdict.in_distribution else "out of distribution",
-                        "Typicality": verdict.typicality, "Reason": verdict.reason or ""})
+                        "Typicality": typicality, "Reason": verdict.reason or ""})
             if verdict.in_distribution or show_flagged:
                 row.update({name: round(float(p), 4) for name, p in zip(names, answer.probabilities, strict=True)})
         row.update(guarantees_view.batch_columns(guarantees, names, answer))
         rows.append(row)
-    table = pd.DataFrame(rows)
+    first, last = ["File", "Status", *names], ["Typicality", "Reason"]
+    extra = list(dict.fromkeys(key for row in rows for key in row if key not in first + last))  # e.g. the answers
+    table = pd.DataFrame(rows, columns=[*first, *extra, *last])
+    table[[*names, "Typicality"]] = table[[*names, "Typicality"]].astype(float)
     for name in names:
-        if name not in table:
-            table[name] = np.nan
         if name in thresholds:
             limit = thresholds[name]
-            table[f"{name} >= threshold"] = table[name].map(lambda p, t=limit: None if pd.isna(p) else bool(p >= t))
+            table[f"{name} >= threshold"] = table[name].map(lambda p, t=limit: "" if pd.isna(p) else
+                                                            "yes" if p >= t else "no")
     return table
 
 
@@ -166,12 +179,12 @@ if run is None:
     shared.explain_missing_run()
     st.stop()
 if run.checkpoint is None:
-    st.info(f"Run {run.name} has no checkpoint yet; train it with:")
+    st.info(shared.no_checkpoint_note(run), icon=":material/info:")
     st.code(shared.train_command(run.path), language="bash")
     st.stop()
 
 # The cached predictor and answers are keyed on the checkpoint's and its export's times, so a new export
-# (`python -m pipeline export`) is picked up without restarting the app.
+# (`chestxray export`) is picked up without restarting the app.
 checkpoint_time = mtime(run.checkpoint) + mtime(serving.export_paths(run.checkpoint)[1])
 stats_time = mtime(run.checkpoint.parent / ood.STATS_FILE)
 # the statistics are valid only for the checkpoint they were fitted to: keyed on both, like the predictor
@@ -201,7 +214,8 @@ if predictor.note is not None:
     st.warning(shared.redact(predictor.note), icon=":material/warning:")
 if stats_time == 0.0:
     st.info(f"Run {run.name} has no typicality statistics, so only the cheap checks (colour, flat, noise, aspect "
-            "ratio) guard against images that are not chest X-rays; add them with `python -m pipeline export`.")
+            "ratio) guard against images that are not chest X-rays; add them with:")
+    st.code(shared.export_command(run.path), language="bash")
 elif load_stats(str(run.checkpoint.parent), stats_key) is None:
     st.warning(f"Only the cheap checks (colour, flat, noise, aspect ratio) guard these images: "
                f"{ood.unavailable(run.checkpoint.parent)}", icon=":material/warning:")
@@ -214,7 +228,7 @@ uploads = left.file_uploader("Upload chest X-rays (PNG, JPEG or DICOM; several a
                                   "file. Read in memory and never written to disk.")
 try:
     available = shared.image_index()
-    sample = choose_image(right, available)
+    sample = choose_image(right, available, bool(uploads))
 except InputError as exc:  # a picker problem matters only when nothing was uploaded
     if not uploads:
         shared.show_error(exc)
@@ -248,24 +262,29 @@ if len(results) == 1:
 
 flagged = sum(1 for _, answer, _ in results if answer is not None and not answer.verdict.in_distribution)
 unreadable = [(label, error) for label, answer, error in results if answer is None]
-st.subheader(f"{len(results)} files: {len(results) - flagged - len(unreadable)} predicted, "
+st.subheader(f"{count(len(results), 'file')}: {len(results) - flagged - len(unreadable)} predicted, "
              f"{flagged} out of distribution, {len(unreadable)} unreadable")
 for _, error in unreadable:
     shared.show_error(InputError(error))
 if flagged:
-    st.error(f"**{flagged} of the files do not look like chest X-rays the model can read**; their probabilities "
-             "are hidden because they mean nothing.", icon=":material/block:")
+    st.error(f"**{flagged} of the files {plural(flagged, 'does', 'do')} not look like chest X-rays the model can "
+             f"read**; {plural(flagged, 'its', 'their')} probabilities are hidden because they mean nothing.",
+             icon=":material/block:")
 show_flagged = bool(flagged) and st.checkbox(SHOW_ANYWAY + " (flagged files)", value=False, key="anyway-batch")
 table = batch_table(results, names, thresholds, guarantees, show_flagged)
 above = [column for column in table if column.endswith(">= threshold")]
+# numbers shown as fixed-width text: the grid would print an empty number as "None" (and they still sort right)
 shown = table.drop(columns=above)
+numbers = [*names, "Typicality"]
+shown[numbers] = shown[numbers].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
 marked = [name for name in names if name in thresholds]
 styled = shown.style.apply(
     lambda column: [f"color: {plots.POSITIVE}; font-weight: bold" if p >= thresholds[column.name] else ""
-                    for p in column.fillna(-1.0)], subset=marked
-).format(precision=3, subset=[*names, "Typicality"], na_rep="")
+                    for p in table[column.name].fillna(-1.0)], subset=marked
+)
 event = st.dataframe(styled, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
-                     key="batch-table")
+                     key="batch-table", column_config={"Reason": st.column_config.TextColumn(
+                         "Reason", width="medium", help="Why a file was not predicted; hover a cell for all of it")})
 st.caption("Probabilities of each finding; " + ("red: at or above the finding's operating threshold (the CSV has a "
            f"yes/no column per finding), {threshold_note}." if thresholds else threshold_note + ".")
            + " Typicality at least 1 passes the guard.")
@@ -273,11 +292,18 @@ st.download_button("Download the table (CSV)", table.to_csv(index=False).encode(
                    file_name="predictions.csv", mime="text/csv")
 
 readable = [label for label, answer, _ in results if answer is not None]
-if readable:
-    picked = [table["File"].iloc[row] for row in event.selection.rows if table["File"].iloc[row] in readable]
-    start = readable.index(picked[0]) if picked else 0  # a click on a row chooses it here
-    chosen = st.selectbox("Show the Grad-CAM of", readable, index=start, key=f"row-{start}",
-                          help="One row of the table, in detail; clicking a row in the table chooses it too.")
+ticked = [table["File"].iloc[row] for row in event.selection.rows]
+if ticked and ticked[0] not in readable:
+    st.info(f"`{ticked[0]}` could not be read, so it has no Grad-CAM; tick another row.")
+elif readable:
+    # one source of truth: while a row is ticked the selector shows that row and is locked, so the two never differ
+    if ticked:
+        chosen = st.selectbox("Show the Grad-CAM of", readable, index=readable.index(ticked[0]),
+                              key=f"ticked-{ticked[0]}", disabled=True,
+                              help="The row ticked in the table; untick it to choose here.")
+    else:
+        chosen = st.selectbox("Show the Grad-CAM of", readable, key="grad-cam-choice",
+                              help="One row of the table, in detail; ticking a row in the table chooses it too.")
     answer = next(answer for label, answer, _ in results if label == chosen)
     if answer.verdict.in_distribution or show_flagged:
         show_image(chosen, images[chosen], answer, names, size, thresholds, model_note, guarantees, guarantee_source)

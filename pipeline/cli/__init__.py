@@ -62,27 +62,73 @@ def as_flags(message: str) -> str:
     return _QUOTED.sub(lambda match: FLAGS.get(match[1], match[0]), message)
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Help that ends each option with its default, unless it has none worth saying or its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        unsaid = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if not action.option_strings or unsaid or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of every command, each group added by its own module."""
+    """The parser of every command, each group added by its own module.
+
+    No parser accepts abbreviations (``--epoch`` is refused, not read as ``--epochs``), and ``--verbose`` is
+    accepted before or after the command name.
+    """
     prog = "chestxray" if Path(sys.argv[0]).name == "chestxray" else "python -m pipeline"
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--verbose", action="store_true", help=f"keep TensorFlow's start-up logging (also: {quiet.VERBOSE_ENV}=1)"
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__.splitlines()[0], allow_abbrev=False, formatter_class=HelpFormatter
     )
+    verbose = f"keep TensorFlow's start-up logging (also: {quiet.VERBOSE_ENV}=1)"
+    parser.add_argument("--verbose", action="store_true", help=verbose)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     labels.add_commands(commands)
     training.add_commands(commands)
     prediction.add_commands(commands)
     evaluation.add_commands(commands)
     localization.add_commands(commands)
+    for command in commands.choices.values():
+        command.allow_abbrev = False
+        command.formatter_class = HelpFormatter
+        # SUPPRESS: when absent after the command, the value given before it (or False) stays
+        command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose)
     return parser
+
+
+def command_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of one command of `build_parser`'s parser."""
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return subparsers.choices[name]
+
+
+def resolve_checkpoint(path: Path, flag: str = "--checkpoint") -> Path:
+    """A checkpoint file as given, or a run folder's ``best.keras``; a folder without one is refused in one line."""
+    if not path.is_dir():
+        return path
+    best = path / "best.keras"
+    if best.is_file():
+        return best
+    raise InputError(
+        f"{flag} {path}: a folder without best.keras; give a run folder that holds best.keras, or a .keras file "
+        "(a run that stopped early has its epochs in checkpoints/)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; its exit code (2 for bad input, 130 when interrupted, 1 when stdout's reader left)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the command's own parser, so that its usage is the one printed
+        command_parser(parser, args.command).error(f"unrecognized arguments: {' '.join(unknown)}")
     quiet.silence_tensorflow(args.verbose)
     try:
+        for name, flag in (("checkpoint", "--checkpoint"), ("init_from", "--init-from")):
+            if getattr(args, name, None) is not None:
+                setattr(args, name, resolve_checkpoint(getattr(args, name), flag))
         code = args.func(args)
         sys.stdout.flush()  # inside the frame, so that a reader gone away (`| head`) is seen here
         return code

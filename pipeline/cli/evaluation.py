@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.errors import InputError
+from pipeline.core.text import count
 from pipeline.evaluation.results import (
     CALIBRATION_CSV,
     CONFORMAL_JSON,
@@ -28,11 +29,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add `evaluate` and `compare` to the top-level parser."""
     p = commands.add_parser("evaluate", help="per-finding AUC with CIs, thresholds, calibration")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", type=Path)
+    source.add_argument("--checkpoint", type=Path, help="a .keras file, or a run folder with best.keras")
     source.add_argument("--predictions", type=Path, help="CSV with Image and one probability column per finding")
-    p.add_argument("--labels", required=True, type=Path)
+    p.add_argument("--labels", required=True, type=Path, help="label file (or prepared folder) of the images to score")
     p.add_argument("--images", type=Path, help="image folder (with --checkpoint)")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="evaluation folder to write (metrics.json, curves)")
     thresholds = p.add_mutually_exclusive_group()
     thresholds.add_argument(
         "--valid-predictions", type=Path, help="an evaluation folder of the validation set: thresholds by Youden's J"
@@ -44,11 +45,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--target-sensitivity", type=float, metavar="F", help="thresholds reaching this sensitivity on validation"
     )
-    p.add_argument("--bootstrap", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bootstrap", type=int, default=1000, help="resamples of the images for the 95%% intervals")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     p.add_argument(
         "--plots", action="store_true",
-        help="also write roc.html, pr.html, calibration.html and the subgroup forest plots (work offline)",
+        help="also write curves.html (ROC, PR and calibration on one page) and the subgroup forest plots; they "
+             "work offline and copied alone",
     )
     p.add_argument(
         "--reference", metavar="NAME_OR_CSV",
@@ -60,10 +62,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_evaluate)
 
     p = commands.add_parser("compare", help="compare evaluations on the same images (DeLong, bootstrap)")
-    p.add_argument("evals", nargs="+", type=Path)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--bootstrap", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("evals", nargs="+", type=Path, metavar="EVAL",
+                   help="two or more evaluation folders of the same images; the first is the reference")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--bootstrap", type=int, default=1000, help="paired resamples for the 95%% intervals; 0: none")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     p.set_defaults(func=run_compare)
 
 
@@ -234,7 +237,7 @@ def run_compare(args: argparse.Namespace) -> int:
 def format_metrics(summary: Summary) -> str:
     """A plain-text table of an evaluation: AUC with interval, AP, and the operating point per finding."""
     lines = [
-        f"{summary.n_images} images, thresholds: {summary.threshold_key}",
+        f"{count(summary.n_images, 'image')}, thresholds: {summary.threshold_key}",
         f"{'finding':<20} {'AUC':>6}  {'95% CI':<15} {'AP':>6} {'thresh':>7} {'sens':>6} {'spec':>6} {'PPV':>6}",
     ]
     for finding in summary.findings:
@@ -250,7 +253,7 @@ def format_metrics(summary: Summary) -> str:
 
 def format_comparison(result: Mapping[str, Any]) -> str:
     """A plain-text table per compared evaluation: AUCs, difference, its interval and DeLong's p."""
-    lines = [f"reference: {result['reference']} ({result['n_images']} images)"]
+    lines = [f"reference: {result['reference']} ({count(result['n_images'], 'image')})"]
     for comparison in result["comparisons"]:
         lines += [
             "",
@@ -264,8 +267,21 @@ def format_comparison(result: Mapping[str, Any]) -> str:
                 f"{_num(row['difference'], signed=True):>7}  {_ci(row['difference_ci'], signed=True):<18} "
                 f"{'-' if p_value is None else f'{p_value:.3g}':>8}"
             )
+        lines += _why_no_p_value(comparison)
         lines += format_gap_differences(comparison.get("subgroup_gaps"))
     return "\n".join(lines)
+
+
+def _why_no_p_value(comparison: Mapping[str, Any]) -> list[str]:
+    """Lines saying why a DeLong p-value is shown as "-": the mean has no test, a finding may lack cases."""
+    undefined = [f for f, row in comparison["findings"].items() if row["auc"] is None]
+    too_few = [f for f, row in comparison["findings"].items() if row["auc"] is not None and row["p_value"] is None]
+    lines = ["DeLong p '-': mean: the test is per finding (read the mean's bootstrap interval instead)"]
+    if undefined:
+        lines.append(f"  {', '.join(undefined)}: AUC undefined, the images hold no positive or no negative case")
+    if too_few:
+        lines.append(f"  {', '.join(too_few)}: fewer than 2 positive or 2 negative images, too few for the test")
+    return lines
 
 
 # --- conformal guarantees (issue 19) -----------------------------------------------------------------------------

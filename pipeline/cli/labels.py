@@ -22,14 +22,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_leakage)
 
     p = commands.add_parser("split", help="patient-grouped, label-stratified train/valid/test split")
-    p.add_argument("--labels", required=True, type=Path)
+    p.add_argument("--labels", required=True, type=Path, help="NIH Data_Entry CSV (.csv or .csv.gz) or course CSV")
     p.add_argument("--out", required=True, type=Path, help="folder for the three CSVs")
     p.add_argument("--valid", type=float, default=0.1, help="share of images for validation (default 0.1)")
     p.add_argument("--test", type=float, default=0.1, help="share of images for test (default 0.1)")
     p.add_argument(
         "--test-list", type=Path, metavar="LIST", help="the test part is exactly these images (e.g. the NIH test_list)"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random split")
     p.add_argument(
         "--names",
         nargs=3,
@@ -40,11 +40,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_split)
 
     p = commands.add_parser("audit", help="official split versus a naive image-level split")
-    p.add_argument("--metadata", type=Path, default=paths.metadata_file())
-    p.add_argument("--train-val-list", type=Path, default=paths.train_val_list())
-    p.add_argument("--test-list", type=Path, default=paths.test_list())
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--metadata", type=Path, default=paths.metadata_file(), help="the full NIH Data_Entry CSV")
+    p.add_argument("--train-val-list", type=Path, default=paths.train_val_list(), help="NIH's train_val_list")
+    p.add_argument("--test-list", type=Path, default=paths.test_list(), help="NIH's test_list")
+    p.add_argument("--seed", type=int, default=0, help="seed of the naive split")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run_audit)
 
 
@@ -73,6 +73,7 @@ def run_leakage(args: argparse.Namespace) -> int:
 
 
 def run_split(args: argparse.Namespace) -> int:
+    from pipeline.core.text import count
     from pipeline.data import label_files, leakage
 
     table = label_files.load_labels(args.labels)
@@ -80,7 +81,7 @@ def run_split(args: argparse.Namespace) -> int:
     written = label_files.write_splits(parts, args.out, names=args.names)
     for name, path in written.items():
         part = parts[name]
-        print(f"{name}: {len(part)} images, {part['PatientId'].nunique()} patients -> {path}")
+        print(f"{name}: {count(len(part), 'image')}, {count(part['PatientId'].nunique(), 'patient')} -> {path}")
     return 0
 
 

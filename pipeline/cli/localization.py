@@ -13,13 +13,13 @@ from pipeline.core.errors import InputError
 def add_commands(commands: Any) -> argparse.ArgumentParser:
     """Add ``localize`` to the subcommands of the main parser."""
     p = commands.add_parser("localize", help="Grad-CAM maps against the NIH radiologist boxes, with a baseline")
-    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--checkpoint", required=True, type=Path, help="a .keras file, or a run folder with best.keras")
     p.add_argument("--boxes", type=Path, help="NIH BBox_List_2017.csv(.gz) (default: the one shipped with the package)")
     p.add_argument("--images", required=True, type=Path, help="folder of the boxed images, at any size")
     p.add_argument("--out", required=True, type=Path, help="folder for localization.json, the per-box CSV, a gallery")
     p.add_argument("--json", action="store_true", help="print localization.json instead of a table")
     p.add_argument("--bootstrap", type=int, default=1000, help="resamples of the images for the 95%% intervals")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     p.set_defaults(func=run_localize)
     return p
 

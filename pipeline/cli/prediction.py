@@ -16,8 +16,8 @@ from pipeline.core.errors import InputError
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add `predict` to the top-level parser."""
     p = commands.add_parser("predict", help="14 probabilities (and Grad-CAM overlays) per image")
-    p.add_argument("images", nargs="+", type=Path)
-    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="PNG, JPEG or DICOM files")
+    p.add_argument("--checkpoint", required=True, type=Path, help="a .keras file, or a run folder with best.keras")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--gradcam", type=Path, metavar="DIR", help="write Grad-CAM overlays here")
     p.add_argument("--top", type=int, default=3, help="overlays for this many top findings (default 3)")
@@ -62,6 +62,9 @@ def run_predict(args: argparse.Namespace) -> int:
         warn(f"only the pixel checks guard these images, no typicality check: {why}")
     guarantees = _guarantees(args.checkpoint, args.conformal)
     names = predictor.names
+    thresholds, threshold_note = run_thresholds(Path(args.checkpoint))
+    if not args.json:
+        print(threshold_note, flush=True)
     if args.gradcam is not None:
         try:
             args.gradcam.mkdir(parents=True, exist_ok=True)
@@ -85,7 +88,10 @@ def run_predict(args: argparse.Namespace) -> int:
                 out = args.gradcam / f"{stem}_{names[k]}.png"
                 gradcam.write_overlay(gradcam.overlay(gray, answer.heatmaps[k]), out)
                 overlays[names[k]] = str(out)
-        text = _format(path, names, answer.probabilities, overlays, args.json, answer.verdict)
+        if args.json:
+            text = _json_line(path, names, answer.probabilities, overlays, answer.verdict)
+        else:
+            text = format_answer(path, names, answer.probabilities, thresholds, overlays, answer.verdict)
         if guarantees is not None:
             text = _with_answers(text, guarantees, names, answer.probabilities, answer.verdict, args.json)
         print(text, flush=True)
@@ -113,25 +119,62 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _format(
-    path: Path, names: list[str], probabilities: np.ndarray, overlays: dict[str, str], as_json: bool, verdict: Any
+def run_thresholds(checkpoint: Path) -> tuple[dict[str, float], str]:
+    """The operating thresholds of the checkpoint's run (its headline evaluation, as the dashboard), and a line
+    saying where they come from; none when the run has no readable evaluation."""
+    from pipeline.cli import warn
+    from pipeline.core.errors import InputError
+    from pipeline.evaluation import results
+    from pipeline.training import runs
+
+    evaluation = runs.headline_evaluation(runs.run_evaluations(checkpoint.parent))
+    if evaluation is None:
+        return {}, "no evaluation of this run, so no operating thresholds: nothing is marked positive"
+    try:
+        summary = results.read_metrics(evaluation)
+    except InputError as exc:
+        warn(f"the run's evaluation cannot be read, so no finding is marked positive ({exc})")
+        return {}, "no readable evaluation of this run, so no operating thresholds: nothing is marked positive"
+    note = (f"thresholds from {evaluation} ({summary.threshold_source.describe(summary.target_sensitivity)}); "
+            "POSITIVE: the probability reaches the finding's threshold")
+    return summary.thresholds, note
+
+
+def format_answer(
+    path: Path,
+    names: list[str],
+    probabilities: np.ndarray,
+    thresholds: dict[str, float],
+    overlays: dict[str, str],
+    verdict: Any,
 ) -> str:
-    if as_json:
-        scores = {name: round(float(p), 6) for name, p in zip(names, probabilities, strict=True)}
-        record = {"image": str(path), "probabilities": scores, "in_distribution": verdict.in_distribution,
-                  "typicality": verdict.typicality}
-        if not verdict.in_distribution:
-            record["ood_reason"] = verdict.reason
-        if overlays:
-            record["gradcam"] = overlays
-        return json.dumps(record, allow_nan=False)
-    width = max(len(name) for name in names)
-    lines = [str(path)]
+    """One image's text block: findings by falling probability (as the dashboard), each with its operating
+    threshold and POSITIVE where the probability reaches it; columns are built here only."""
+    width = max(len(name) for name in [*names, "finding"])
+    head = str(path)
     if not verdict.in_distribution:
-        lines = [f"{path}  [OUT OF DISTRIBUTION: {verdict.reason}; the probabilities below are not meaningful]"]
-    lines += [f"  {name:<{width}}  {p:6.3f}" for name, p in zip(names, probabilities, strict=True)]
+        head = f"{path}  [OUT OF DISTRIBUTION: {verdict.reason}; the probabilities below are not meaningful]"
+    lines = [head, f"  {'finding':<{width}}  {'prob':>6}  {'thresh':>6}"]
+    for k in np.argsort(-probabilities, kind="stable"):
+        name, p = names[k], float(probabilities[k])
+        limit = thresholds.get(name)
+        row = f"  {name:<{width}}  {p:6.3f}  {'-' if limit is None else f'{limit:.3f}':>6}"
+        if limit is not None and p >= limit:
+            row += "  POSITIVE"
+        lines.append(row)
     lines += [f"  Grad-CAM {name}: {out}" for name, out in overlays.items()]
     return "\n".join(lines) + "\n"
+
+
+def _json_line(path: Path, names: list[str], probabilities: np.ndarray, overlays: dict[str, str], verdict: Any) -> str:
+    scores = {name: round(float(p), 6) for name, p in zip(names, probabilities, strict=True)}
+    record = {"image": str(path), "probabilities": scores, "in_distribution": verdict.in_distribution,
+              "typicality": verdict.typicality}
+    if not verdict.in_distribution:
+        record["ood_reason"] = verdict.reason
+    if overlays:
+        record["gradcam"] = overlays
+    return json.dumps(record, allow_nan=False)
 
 
 # --- conformal answers (issue 19) ------------------------------------------------------------------------------

@@ -24,15 +24,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--valid", required=True, type=Path, help="label file (with --images) or prepared folder")
     p.add_argument("--images", type=Path, help="image folder of the label files (not needed for prepared folders)")
     p.add_argument("--out", required=True, type=Path, help="run folder")
-    p.add_argument("--image-size", type=int, default=320)
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--image-size", type=int, default=320, help="side in pixels of the model's input")
+    p.add_argument("--epochs", type=int, default=10, help="at most this many epochs (early stopping may end sooner)")
     p.add_argument("--batch-size", type=int, default=16, help="global batch, divided among all replicas")
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=1e-4, help="initial learning rate (Adam), halved on plateaus")
     p.add_argument("--weights", default="imagenet", help="imagenet, none, or a path to a Keras weights file")
     p.add_argument("--init-from", type=Path, metavar="CKPT", help="fine-tune from a .keras checkpoint of this project")
     p.add_argument("--loss", choices=["weighted", "plain"], default="weighted", help="class-weighted or plain BCE")
     p.add_argument("--patience", type=int, default=5, help="epochs without validation AUC gain before stopping")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights, shuffling and augmentation")
     p.add_argument("--resume", action="store_true", help="continue from the last complete epoch in --out")
     p.add_argument(
         "--strategy",
@@ -49,13 +49,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
+    from pipeline.core.text import count
     from pipeline.data import prepare
 
     manifest = prepare.prepare(args.labels, args.images, args.out, args.image_size, workers=args.workers, log=_print)
     refused, shards = manifest["n_refused"], len(manifest["shards"])
     print(
-        f"{args.out}: {manifest['n_images']:,} images at {manifest['image_size']} px in {shards} shards"
-        + (f"; {refused:,} refused (listed in {prepare.MANIFEST})" if refused else "")
+        f"{args.out}: {count(manifest['n_images'], 'image')} at {manifest['image_size']} px in "
+        f"{count(shards, 'shard')}" + (f"; {refused:,} refused (listed in {prepare.MANIFEST})" if refused else "")
     )
     for image, why in list(manifest["refused"].items())[:5]:
         print(f"  refused {image}: {why}", file=sys.stderr)

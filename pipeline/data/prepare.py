@@ -46,6 +46,7 @@ from pipeline.core.errors import InputError
 from pipeline.core.files import read_json_object, sha256_of, write_csv_atomic, write_json_atomic
 from pipeline.core.findings import FINDINGS
 from pipeline.core.progress import ProgressBar
+from pipeline.core.text import count
 from pipeline.data import imaging, label_files
 
 MANIFEST = "manifest.json"
@@ -147,7 +148,8 @@ def prepare(
     todo = [i for i, sidecar in complete.items() if sidecar is None]
     if len(todo) < n_shards:
         log(f"{out}: {n_shards - len(todo)} of {n_shards} shards already complete, continuing")
-    log(f"preparing {sum(len(shards[i]) for i in todo):,} images at {image_size} px with {workers} processes")
+    log(f"preparing {count(sum(len(shards[i]) for i in todo), 'image')} at {image_size} px with "
+        f"{count(workers, 'process')}")
     bar = ProgressBar("prepare", sum(len(shards[i]) for i in todo), unit="images")
     try:
         _write_shards(out, shards, todo, folder, image_size, workers, bar, complete)

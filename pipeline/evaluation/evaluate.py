@@ -24,6 +24,7 @@ import pandas as pd
 from pipeline.core.errors import InputError
 from pipeline.core.files import sha256_of
 from pipeline.core.findings import FINDINGS
+from pipeline.core.text import count, plural
 from pipeline.data import label_files
 from pipeline.evaluation import conformal, metrics
 from pipeline.evaluation.bootstrap import check_bootstrap
@@ -507,7 +508,8 @@ def _predict_readable(
     if len(skipped) == len(labels):
         raise InputError(f"{name}: none of the {len(labels)} images could be read ({why})")
     if warn is not None:
-        warn(f"{name}: {len(skipped)} images could not be read and are left out ({why})")
+        warn(f"{name}: {count(len(skipped), 'image')} could not be read and {plural(len(skipped), 'is', 'are')} "
+             f"left out ({why})")
     return labels[~labels["Image"].isin(list(skipped))].reset_index(drop=True), predictions, skipped
 
 

@@ -8,7 +8,7 @@ An evaluation folder is self-describing; the dashboard, `evaluation.compare` and
   operating threshold and sensitivity, specificity, PPV, NPV, F1 and confusion counts there, Brier score and
   calibration; the macro mean AUC with its interval; where the predictions, labels and thresholds came from;
 - ``roc.csv``, ``pr.csv``, ``calibration.csv``: the curves, so that plots need no recomputation;
-- with ``evaluate --plots``, ``roc.html``, ``pr.html``, ``calibration.html``: the figures of `pipeline.plots`;
+- with ``evaluate --plots``, ``curves.html``: the figures of `pipeline.plots` on one self-contained page;
 - where ages, sexes and views are known, the subgroup audit (`pipeline.evaluation.subgroups`): ``subgroups.json``
   (`SubgroupAudit`, `read_subgroups`), ``subgroups.csv`` (one row per subgroup, finding and measure) and
   ``subgroup_metadata.csv`` (the Image, Sex, Age, View it used); with ``--plots`` its two forest plots.

@@ -7,14 +7,15 @@ from pipeline.plots.dataset import (
     bar_chart,
     box_outline_figure,
     cooccurrence_figure,
+    images_per_patient_figure,
     label_frequency_figure,
     leakage_figure,
     loss_contribution_figure,
     prevalence_figure,
 )
 from pipeline.plots.evaluation import (
+    EVALUATION_PAGE,
     EVALUATION_PLOTS,
-    PLOTLY_JS,
     Curves,
     ap_legend,
     auc_legend,
@@ -37,11 +38,11 @@ from pipeline.plots.subgroups import (
 from pipeline.plots.training import training_figures
 
 __all__ = [
-    "EVALUATION_PLOTS", "NEGATIVE", "NEUTRAL", "PLOTLY_JS", "POSITIVE", "SERIES", "Curves", "ap_legend", "auc_legend",
-    "bar_chart", "box_outline_figure", "brier_legend", "calibration_figure", "cooccurrence_figure", "format_ci",
-    "label_frequency_figure", "leakage_figure", "localization_figure", "loss_contribution_figure", "pr_figure",
-    "prevalence_figure", "probability_figure", "roc_figure", "side_legend", "style", "training_figures",
-    "write_evaluation_plots",
+    "EVALUATION_PAGE", "EVALUATION_PLOTS", "NEGATIVE", "NEUTRAL", "POSITIVE", "SERIES", "Curves", "ap_legend",
+    "auc_legend", "bar_chart", "box_outline_figure", "brier_legend", "calibration_figure", "cooccurrence_figure",
+    "format_ci", "images_per_patient_figure", "label_frequency_figure", "leakage_figure", "localization_figure",
+    "loss_contribution_figure", "pr_figure", "prevalence_figure", "probability_figure", "roc_figure", "side_legend",
+    "style", "training_figures", "write_evaluation_plots",
     "GAP_MEASURES", "SUBGROUP_PLOTS", "subgroup_auc_figure", "subgroup_gap_figure", "write_subgroup_plots",
     # the conformal risk-coverage curve (pipeline.plots.conformal)
     "CONFORMAL_PLOT", "risk_coverage_figure", "write_conformal_plot",

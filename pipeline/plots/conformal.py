@@ -11,12 +11,10 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
-import plotly.offline
 from plotly.subplots import make_subplots
 
 from pipeline.core.files import write_text_atomic
 from pipeline.evaluation.results import Conformal
-from pipeline.plots.evaluation import PLOTLY_JS
 from pipeline.plots.style import NEGATIVE, NEUTRAL, POSITIVE, SERIES, style
 
 CONFORMAL_PLOT = "conformal.html"
@@ -48,10 +46,8 @@ def risk_coverage_figure(curve: pd.DataFrame, conformal: Conformal) -> go.Figure
 
 
 def write_conformal_plot(conformal: Conformal, curve: pd.DataFrame, out_dir: str | Path) -> Path:
-    """Write ``conformal.html`` (and ``plotly.min.js`` when missing) into an evaluation folder; returns the HTML."""
+    """Write ``conformal.html`` into an evaluation folder, the Plotly library inline (it works copied alone)."""
     out = Path(out_dir)
-    if not (out / PLOTLY_JS).is_file():
-        write_text_atomic(plotly.offline.get_plotlyjs(), out / PLOTLY_JS)
-    html = pio.to_html(risk_coverage_figure(curve, conformal), include_plotlyjs="directory", full_html=True,
+    html = pio.to_html(risk_coverage_figure(curve, conformal), include_plotlyjs=True, full_html=True,
                        div_id="conformal", config={"displaylogo": False})
     return write_text_atomic(html, out / CONFORMAL_PLOT)

@@ -106,3 +106,31 @@ def leakage_figure(audit: Mapping) -> go.Figure:
     fig.update_traces(textposition="outside", cliponaxis=False)
     fig.update_layout(title="Leakage into the test set", yaxis_title="Share of the test set (%)", yaxis_range=[0, 100])
     return style(fig, height=400)
+
+
+# Groups of images per patient: one bar each up to 5, then wider ranges, so that the axis stays readable from the
+# 549 one-image patients of the sample to the full metadata (up to 184 images per patient), filtered or not.
+PER_PATIENT_GROUPS = ((1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 10), (11, 20), (21, 50), (51, 100), (101, None))
+
+
+def images_per_patient_figure(histogram: Mapping[str, int]) -> go.Figure:
+    """Patients per group of image counts, from `summarize`'s ``images_per_patient["histogram"]``.
+
+    The groups up to the largest count present are drawn (empty ones too, so the scale is honest); the count
+    axis turns logarithmic when the groups differ more than a hundredfold.
+    """
+    counts = {int(k): int(v) for k, v in histogram.items()}
+    top = max(counts, default=1)
+    labels, values = [], []
+    for low, high in PER_PATIENT_GROUPS:
+        if low > top:
+            break
+        labels.append(str(low) if high == low else f"{low}+" if high is None else f"{low}-{high}")
+        values.append(sum(v for k, v in counts.items() if k >= low and (high is None or k <= high)))
+    fig = bar_chart(labels, values, "Images per patient", "Images of the patient", "Patients (count)")
+    fig.update_xaxes(type="category")
+    shown = [v for v in values if v]
+    if shown and max(shown) > 100 * min(shown):
+        fig.update_yaxes(type="log", title="Patients (count, log scale)")
+    return fig
+

@@ -1,13 +1,15 @@
 """Evaluation curves (ROC, precision-recall, calibration) from the curve tables an evaluation folder stores.
 
-Nothing is recomputed. ``evaluate --plots`` writes ``roc.html``, ``pr.html`` and ``calibration.html`` next to
-``metrics.json``; they load ``plotly.min.js`` from the same folder, written once beside them (about 4.6 MB):
-the pages work offline, unlike Plotly's CDN option, and three figures do not embed three copies of the library.
+Nothing is recomputed. ``evaluate --plots`` writes ``curves.html`` next to ``metrics.json``: the three figures
+on one page that says which model, label file and image count it shows, with the Plotly library inline once
+(about 4.9 MB). So the page works offline and when copied alone (a page that loads the library from beside
+it opens blank once copied; three self-contained pages would carry three copies).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from html import escape
 from pathlib import Path
 from typing import Protocol
 
@@ -22,8 +24,8 @@ from pipeline.core.findings import FINDINGS
 from pipeline.evaluation.results import Summary
 from pipeline.plots.style import NEUTRAL, SERIES, format_ci, side_legend, style
 
-PLOTLY_JS = "plotly.min.js"
-EVALUATION_PLOTS = ("roc.html", "pr.html", "calibration.html")
+EVALUATION_PAGE = "curves.html"
+EVALUATION_PLOTS = (EVALUATION_PAGE,)
 
 
 class Curves(Protocol):
@@ -127,20 +129,44 @@ def _curves(evals: Mapping[str, Curves], finding: str | None, kind: str, axes: t
 
 
 def write_evaluation_plots(evaluation: Curves, out_dir: str | Path, name: str | None = None) -> list[Path]:
-    """Write ``roc.html``, ``pr.html`` and ``calibration.html`` (all 14 findings) and ``plotly.min.js`` to a folder.
+    """Write ``curves.html``: the ROC, precision-recall and calibration curves (all 14 findings) on one page.
 
-    ``name`` labels the curves (default: the folder's name). Returns the HTML files written.
+    The page names what it shows (model or predictions file, label file, image count, thresholds, when) and
+    carries the Plotly library inline, once: the one file works offline and copied anywhere on its own. ``name``
+    labels the curves (default: the folder's name). Returns the files written.
     """
     out = Path(out_dir)
-    evals = {name or out.name: evaluation}
-    figures = dict(zip(EVALUATION_PLOTS, (roc_figure(evals), pr_figure(evals), calibration_figure(evals)), strict=True))
-    script = plotly.offline.get_plotlyjs()
-    js = out / PLOTLY_JS
-    if not js.is_file() or js.stat().st_size != len(script.encode()):
-        write_text_atomic(script, js)
-    written = []
-    for file, fig in figures.items():
-        html = pio.to_html(fig, include_plotlyjs="directory", full_html=True, div_id=Path(file).stem,
-                           config={"displaylogo": False})
-        written.append(write_text_atomic(html, out / file))
-    return written
+    label = name or out.name
+    evals = {label: evaluation}
+    figures = {"ROC curves": roc_figure(evals), "Precision-recall curves": pr_figure(evals),
+               "Calibration (reliability diagrams)": calibration_figure(evals)}
+    summary = evaluation.summary
+    model = summary.model_source or "an unrecorded model"
+    title = f"Evaluation {label}: {Path(model).name} on {summary.n_images:,} images of " \
+            f"{Path(summary.labels_file or '?').name}"
+    facts = {
+        "model": f"checkpoint {summary.checkpoint}" if summary.checkpoint else f"predictions file {model}",
+        "label file": f"{summary.labels_file or '?'} (SHA-256 {summary.labels_sha256 or '?'})",
+        "images": f"{summary.n_images:,}",
+        "mean AUC": format_ci(summary.mean_auc, summary.mean_auc_ci),
+        "thresholds": summary.threshold_source.describe(summary.target_sensitivity),
+        "evaluated": summary.created or "?",
+    }
+    sections = []
+    for heading, fig in figures.items():
+        fig.update_layout(title=None)
+        div = pio.to_html(fig, include_plotlyjs=False, full_html=False, config={"displaylogo": False})
+        sections.append(f"<h2>{escape(heading)}</h2>\n{div}")
+    rows = "".join(f"<tr><th>{escape(k)}</th><td>{escape(str(v))}</td></tr>" for k, v in facts.items())
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:1.5em auto;max-width:1200px}}th{{text-align:left;padding-right:1em}}</style>
+<script>{plotly.offline.get_plotlyjs()}</script></head>
+<body><h1>{escape(title)}</h1>
+<table>{rows}</table>
+<p>Every number on this page was measured on the label file and images named above; AUC intervals are 95%
+bootstrap intervals over images. For research and education only: not a medical device.</p>
+{chr(10).join(sections)}
+</body></html>
+"""
+    return [write_text_atomic(page, out / EVALUATION_PAGE)]

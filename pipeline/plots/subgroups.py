@@ -118,12 +118,12 @@ def _page_name(measure: str, finding: str | None) -> str:
 
 
 def write_subgroup_plots(audit: SubgroupAudit, out_dir: str | Path) -> list[Path]:
-    """Write ``subgroups_auc.html`` and ``subgroups_gaps.html`` (they load the folder's ``plotly.min.js``)."""
+    """Write ``subgroups_auc.html`` and ``subgroups_gaps.html``, each carrying the Plotly library inline."""
     out = Path(out_dir)
     figures = (subgroup_auc_figure(audit), subgroup_gap_figure(audit, measure=None))
     written = []
     for file, fig in zip(SUBGROUP_PLOTS, figures, strict=True):
-        html = pio.to_html(fig, include_plotlyjs="directory", full_html=True, div_id=Path(file).stem,
+        html = pio.to_html(fig, include_plotlyjs=True, full_html=True, div_id=Path(file).stem,
                            config={"displaylogo": False})
         written.append(write_text_atomic(html, out / file))
     return written

@@ -17,6 +17,7 @@ a model, so the dashboard can list runs without importing TensorFlow. The defaul
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,11 +47,16 @@ def find_runs(artifacts: str | Path) -> list[Run]:
         checkpoints = tuple(sorted(folder.glob("checkpoints/[!.]*.keras"), key=lambda p: (p.stat().st_mtime, p.name)))
         best = folder / "best.keras"
         checkpoint = best if best.is_file() else (checkpoints[-1] if checkpoints else None)
-        evaluations = tuple(sorted(p.parent for p in folder.glob("*/metrics.json")))
+        evaluations = run_evaluations(folder)
         has_record = (folder / "config.json").is_file() or (folder / "history.csv").is_file()
         if checkpoint or evaluations or has_record:
             runs.append(Run(folder.name, folder, checkpoint, checkpoints, evaluations))
     return runs
+
+
+def run_evaluations(run_dir: str | Path) -> tuple[Path, ...]:
+    """The evaluation folders (``*/metrics.json``) directly inside one run folder, sorted."""
+    return tuple(sorted(p.parent for p in Path(run_dir).glob("*/metrics.json")))
 
 
 def find_evaluations(artifacts: str | Path) -> list[Path]:
@@ -78,7 +84,6 @@ def read_history(run_dir: str | Path) -> pd.DataFrame | None:
     return history
 
 
-
 # --- which run and which evaluation the dashboard shows first -------------------------------------------------
 
 HEADLINE_EVALUATION = "eval-test"  # the evaluation folder a run is judged by, when it has one
@@ -98,9 +103,10 @@ def default_run(found: list[Run]) -> Run | None:
     return found[0] if found else None
 
 
-def headline_evaluation(run: Run) -> Path | None:
-    """The evaluation a run is judged by: on the test set (`HEADLINE_EVALUATION`), else its first, else None."""
-    for path in run.evaluations:
+def headline_evaluation(evaluations: Sequence[Path]) -> Path | None:
+    """The evaluation a run is judged by (`Run.evaluations` or `run_evaluations`): on the test set
+    (`HEADLINE_EVALUATION`), else its first, else None. The dashboard and `predict`'s thresholds both use it."""
+    for path in evaluations:
         if path.name == HEADLINE_EVALUATION:
             return path
-    return run.evaluations[0] if run.evaluations else None
+    return evaluations[0] if evaluations else None

@@ -170,7 +170,7 @@ def test_every_page_in_a_browser(page, served):
         assert page.locator('[data-testid="stTabPanel"]:visible [data-testid="stPlotlyChart"]').count() >= 1
         screenshot(page, "performance-subgroups")
     else:  # a demo model committed without its evaluation: the page says how to make one
-        assert page.get_by_text("python -m pipeline evaluate", exact=False).first.is_visible()
+        assert page.get_by_text("chestxray evaluate", exact=False).first.is_visible()
         screenshot(page, "performance")
 
 
@@ -199,19 +199,28 @@ def test_predict_upload_and_corrupt_file(page, served, tmp_path):
     error.first.wait_for()
     message = error.first.inner_text().strip()
     assert message.startswith("truncated.png:") and "\n" not in message
-    page.locator('[data-testid="stDataFrame"]').wait_for()  # the table
+    page.locator('[data-testid="stDataFrame"]').first.wait_for()  # the table
     images.nth(1).wait_for()  # the chosen row's Grad-CAM
     settle(page)
     assert images.count() == 2
     screenshot(page, "predict-error")
 
     # a click on the third row (the RGBA original) shows its Grad-CAM: the grid is a canvas, rows 35 px high
-    box = page.locator('[data-testid="stDataFrame"]').bounding_box()
+    box = page.locator('[data-testid="stDataFrame"]').first.bounding_box()  # the batch table, above the answers
     page.mouse.click(box["x"] + 12, box["y"] + 35 * 3 + 17)
     page.get_by_text("Image 00000100_000.png", exact=False).wait_for()
     images.nth(1).wait_for()
     settle(page)
     assert images.count() == 2
+    # the selector below the table shows the ticked row and is locked to it, so the two cannot disagree
+    chooser = page.locator('[data-testid="stSelectbox"]').filter(has_text="Show the Grad-CAM of")
+    for _ in range(40):  # the unlocked selector is replaced by the locked one
+        if chooser.count() == 1:
+            break
+        page.wait_for_timeout(250)
+    shown = chooser.inner_text() + " " + chooser.locator("input").first.input_value()
+    assert "00000100_000.png" in shown, chooser.inner_html()[:3000]
+    assert chooser.locator("input").first.is_disabled()
 
 
 def test_conformal_answers_and_guarantees(page, served):

@@ -116,3 +116,32 @@ def test_fit_threshold_passes_every_held_out_image(tmp_path):
     loaded = ood.load(tmp_path)
     np.testing.assert_allclose(loaded.score(valid), stats.score(valid), rtol=1e-12)
     assert ood.load(tmp_path / "missing") is None
+
+
+def grey_shapes(seed: int) -> np.ndarray:
+    """Random filled grey circles, squares and ellipses on a grey ground, lightly blurred: no X-ray at all."""
+    rng = np.random.default_rng(seed)
+    image = np.full((512, 512), int(rng.integers(60, 200)), np.uint8)
+    for _ in range(int(rng.integers(5, 25))):
+        kind, level, size = int(rng.integers(3)), int(rng.integers(0, 256)), int(rng.integers(20, 150))
+        x, y = (int(v) for v in rng.integers(0, 512, 2))
+        if kind == 0:
+            cv2.circle(image, (x, y), size, level, -1)
+        elif kind == 1:
+            cv2.rectangle(image, (x, y), (x + size, y + size), level, -1)
+        else:
+            cv2.ellipse(image, (x, y), (size, size // 2), float(rng.integers(180)), 0, 360, level, -1)
+    return encoded(cv2.GaussianBlur(image, (0, 0), 2))
+
+
+def test_grey_shapes_are_told_what_was_measured_not_to_fix_a_dicom_export(guard):
+    """Pictures of grey shapes that trip the polarity check are not advised to export as MONOCHROME2."""
+    verdicts = guard([grey_shapes(seed) for seed in range(40)])
+    polarity = [v for v in verdicts if v.reason and "polarity" in v.reason]
+    assert len(polarity) >= 10  # the polarity check does fire on such pictures
+    advised = [v for v in polarity if "MONOCHROME2" in v.reason]
+    assert len(advised) <= 1, [v.reason for v in advised]
+    for verdict in polarity:
+        if verdict not in advised:
+            assert "polarity check scores +" in verdict.reason and "left-right symmetry" in verdict.reason
+            assert "expect a frontal chest X-ray" in verdict.reason

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import plotly.graph_objects as go
+import plotly.offline
 import pytest
 from conftest import NIH, TEST_LABELS, run_main
 
@@ -65,7 +66,10 @@ def test_training_figures():
     assert isinstance(loss, go.Figure) and loss.layout.xaxis.dtick == 1
 
 
-def test_evaluate_plots_writes_offline_html_next_to_metrics(tmp_path, capsys):
+def test_evaluate_plots_writes_one_self_describing_self_contained_page(tmp_path, capsys):
+    """`evaluate --plots`: one page that names the model, label file and image count and carries its script."""
+    import re
+
     from conftest import write_predictions
 
     predictions = write_predictions(TEST_LABELS, tmp_path / "preds.csv")
@@ -73,11 +77,21 @@ def test_evaluate_plots_writes_offline_html_next_to_metrics(tmp_path, capsys):
     argv = ["evaluate", "--predictions", predictions, "--labels", NIH / "test.csv", "--out", out, "--bootstrap", "0"]
     code, stdout, err = run_main(capsys, *argv, "--plots")
     assert code == 0, err
-    assert "roc.html, pr.html, calibration.html" in stdout
-    for name in plots.EVALUATION_PLOTS:
-        html = (out / name).read_text()
-        assert '<script charset="utf-8" src="plotly.min.js"></script>' in html and "cdn.plot.ly" not in html
-        assert (out / name).stat().st_size < 300_000  # the library is in plotly.min.js, once
-        assert "Atelectasis" in html
-    assert (out / plots.PLOTLY_JS).stat().st_size > 1_000_000
+    assert "curves.html" in stdout
+    pages = sorted(out.glob("*.html"))  # curves.html, and the subgroup audit's pages
+    assert "curves.html" in [p.name for p in pages] and not list(out.glob("*.js"))
+    for other in pages:  # every page carries its own script
+        assert not re.search(r"<script[^>]+src=", other.read_text().replace(plotly.offline.get_plotlyjs(), ""))
+    html = (out / "curves.html").read_text()
+    title = re.search(r"<title>(.*?)</title>", html).group(1)
+    assert "preds.csv" in title and "55 images" in title and "test.csv" in title
+    for words in ("ROC curves", "Precision-recall curves", "Calibration", str(predictions), "Atelectasis"):
+        assert words in html, words
+    # nothing loaded from elsewhere: the page works copied alone and offline
+    library = plotly.offline.get_plotlyjs()
+    assert html.count(library) == 1  # the library, inline, once
+    page = html.replace(library, "")
+    assert not re.search(r"<script[^>]+src=", page) and "cdn.plot.ly" not in page
+    assert html.count('class="plotly-graph-div"') == 3
+    assert (out / "curves.html").stat().st_size < 6_000_000
     assert not list(out.glob(".*.tmp"))

@@ -94,12 +94,12 @@ def test_the_run_and_evaluation_shown_first(tmp_path):
     touch(evaluated / "eval-valid" / "metrics.json", "{}")
     found = runs.find_runs(tmp_path)
     assert runs.default_run(found).name == "c-evaluated"
-    assert runs.headline_evaluation(runs.default_run(found)).name == "eval-valid"
+    assert runs.headline_evaluation(runs.default_run(found).evaluations).name == "eval-valid"
     touch(evaluated / "eval-test" / "metrics.json", "{}")
     touch(tmp_path / "runs" / runs.DEMO_RUN / "best.keras")
     found = runs.find_runs(tmp_path)
     assert runs.default_run(found).name == runs.DEMO_RUN
-    assert runs.headline_evaluation(next(r for r in found if r.name == "c-evaluated")).name == "eval-test"
-    assert runs.headline_evaluation(next(r for r in found if r.name == "b-trained")) is None
+    assert runs.headline_evaluation(next(r for r in found if r.name == "c-evaluated").evaluations).name == "eval-test"
+    assert runs.headline_evaluation(next(r for r in found if r.name == "b-trained").evaluations) is None
     assert runs.default_run([r for r in found if r.name == "a-bare"]).name == "a-bare"
     assert runs.default_run([]) is None

@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pipeline.core import paths
-from pipeline.core.errors import InputError
+from pipeline.core.errors import InputError, first_items
 from pipeline.data import image_folders, label_files
 from pipeline.evaluation import results
 from pipeline.training import runs
@@ -54,7 +54,7 @@ CITATION = (
 
 def show_error(exc: InputError) -> None:
     """The one way a page shows bad input: its one-line message in a red box."""
-    st.error(str(exc), icon=":material/error:")
+    st.error(redact(str(exc)), icon=":material/error:")
 
 
 @contextmanager
@@ -87,7 +87,7 @@ def sidebar() -> None:
         found = runs.find_runs(paths.artifacts_dir())
         if found:
             names = [run.name for run in found]
-            st.selectbox("Run", names, index=names.index(_default_run(found).name), key="run",
+            st.selectbox("Run", names, index=names.index(runs.default_run(found).name), key="run",
                          help=f"Training runs found under {display_path(paths.artifacts_dir() / 'runs')}")
         else:
             st.caption(f"No training run under `{display_path(paths.artifacts_dir() / 'runs')}` yet; see Home.")
@@ -102,19 +102,20 @@ def images_note() -> str:
     except InputError as exc:
         return f"Images: {exc}"
     if image_folders.is_custom():
-        folder = image_folders.image_folders()[0]
-        return f"Images: {count:,} files in `{folder}` (from ${image_folders.ENV_VAR})."
+        skipped = image_index().skipped
+        note = f" Skipped, not regular files: {first_items(skipped)}." if skipped else ""
+        return f"Images: {count:,} files in the folder named by `${image_folders.ENV_VAR}`.{note}"
     return (f"Images: the {count:,} embedded in `nih/images` and `nih/boxed`. For your own full NIH folder: "
             f"`{image_folders.ENV_VAR}=/data/nih/images make run`.")
 
 
 @st.cache_resource(show_spinner="Listing the image folder...", ttl=600)
-def _image_index(folders: tuple[str, ...]) -> dict[str, str]:
+def _image_index(folders: tuple[str, ...]) -> image_folders.ImageIndex:
     # a resource, not data: shared as is, never copied (a copy of 112,120 entries per call would cost seconds)
     return image_folders.list_images(folders)
 
 
-def image_index() -> dict[str, str]:
+def image_index() -> image_folders.ImageIndex:
     """``{file name: path}`` of the images the pages show (embedded, or ``$CHESTXRAY_IMAGES``), listed once."""
     return _image_index(tuple(str(folder) for folder in image_folders.image_folders()))
 
@@ -123,19 +124,6 @@ def image_index() -> dict[str, str]:
 def thumbnail(path: str, side: int = 320) -> np.ndarray:
     """`pipeline.data.image_folders.thumbnail`, made when first shown and kept."""
     return image_folders.thumbnail(path, side)
-
-
-def _default_run(found: list[runs.Run]) -> runs.Run:
-    """The shipped demo run, else the first run with a checkpoint and an evaluation, else with a checkpoint."""
-    for wanted in (
-        lambda r: r.name == runs.DEMO_RUN and r.checkpoint,
-        lambda r: r.checkpoint and r.evaluations,
-        lambda r: r.checkpoint,
-    ):
-        for run in found:
-            if wanted(run):
-                return run
-    return found[0]
 
 
 def data_choice() -> tuple[str, Path]:
@@ -149,12 +137,12 @@ def chosen_run() -> runs.Run | None:
     found = {run.name: run for run in runs.find_runs(paths.artifacts_dir())}
     if not found:
         return None
-    return found.get(st.session_state.get("run", ""), _default_run(list(found.values())))
+    return found.get(st.session_state.get("run", ""), runs.default_run(list(found.values())))
 
 
 def headline_evaluation(run: runs.Run) -> Path | None:
-    """The evaluation a run is judged by (`pipeline.training.runs.headline_evaluation`, as `predict` uses)."""
-    return runs.headline_evaluation(run.evaluations)
+    """The evaluation the pages judge a run by (`pipeline.training.runs.headline_evaluation`)."""
+    return runs.headline_evaluation(run)
 
 
 # --- cached calls into pipeline ------------------------------------------------------------------------------
@@ -203,9 +191,36 @@ def _modified(path: Path) -> float:
 # --- commands shown when something is missing -----------------------------------------------------------------
 
 
+def _bases() -> list[tuple[Path, str]]:
+    """The folders a shown path is made relative to, innermost first, each with the name it is shown under:
+    the folders moved by environment variables as ``$VARIABLE`` (a shell with them set resolves it), the
+    repository root as nothing (commands are run from there)."""
+    bases = [(Path(os.environ[var]), f"${var}") for var in (image_folders.ENV_VAR, paths.ARTIFACTS_ENV,
+                                                           paths.NIH_ENV) if os.environ.get(var)]
+    bases.append((paths.REPO_ROOT, ""))
+    resolved = [(base.expanduser().resolve(), name) for base, name in bases]
+    return sorted(resolved, key=lambda pair: -len(pair[0].parts))
+
+
 def display_path(path: str | Path) -> str:
-    """A path relative to the repository root when it lies inside it (commands are run from there)."""
-    return paths.shorten(path)
+    """A path relative to the data or artifacts folder (or the repository root), never an absolute server path.
+
+    A path outside all of them is shown by its file name alone.
+    """
+    target = (paths.REPO_ROOT / Path(path).expanduser()).resolve()
+    for base, name in _bases():
+        if target.is_relative_to(base):
+            relative = target.relative_to(base).as_posix()
+            return f"{name}/{relative}" if name else relative
+    return target.name
+
+
+def redact(message: str) -> str:
+    """A message with the server's absolute folders replaced as `display_path` shows them."""
+    for base, name in _bases():
+        for form in {str(base), os.path.abspath(str(base))}:
+            message = message.replace(form + os.sep, f"{name}/" if name else "")
+    return message
 
 
 CLI = ".venv/bin/chestxray"  # as the README: works when pasted in the checkout after `make run`, venv active or not

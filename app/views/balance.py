@@ -1,9 +1,7 @@
 """Class balance: positive and negative frequency per finding, and the loss contributions before and after weighting."""
 
-import plotly.graph_objects as go
 import shared
 import streamlit as st
-from plotly.subplots import make_subplots
 
 from pipeline import plots
 from pipeline.core.errors import InputError
@@ -44,27 +42,13 @@ contributions = stats.loss_contributions(table)
 findings = list(contributions.index)
 st.metric("Images in the training file", f"{len(table):,}")
 
-fig = go.Figure([
-    go.Bar(name="Positive (freq_pos)", x=findings, y=contributions["freq_pos"], marker_color=plots.POSITIVE),
-    go.Bar(name="Negative (freq_neg)", x=findings, y=contributions["freq_neg"], marker_color=plots.NEGATIVE),
-])
-fig.update_layout(title="Frequency of positive and negative labels", yaxis_title="Share of images (0-1)",
-                  barmode="group", yaxis_range=[0, 1])
-shared.chart(plots.style(fig, height=400))
+shared.chart(plots.label_frequency_figure(contributions))
 st.caption(
     f"For each finding, the share of the {len(table):,} images labelled positive and negative "
     "(they sum to 1 per finding)."
 )
 
-fig = make_subplots(rows=1, cols=2, subplot_titles=["Before weighting", "After weighting"], horizontal_spacing=0.08)
-for column, when in ((1, "before"), (2, "after")):
-    for kind, color in (("pos", plots.POSITIVE), ("neg", plots.NEGATIVE)):
-        fig.add_trace(go.Bar(name="Positive" if kind == "pos" else "Negative", x=findings,
-                             y=contributions[f"{kind}_{when}"], marker_color=color, showlegend=column == 1,
-                             legendgroup=kind), row=1, col=column)
-fig.update_layout(title="Contribution of positive and negative images to the loss", barmode="group")
-fig.update_yaxes(title_text="Contribution to the loss (per image)", row=1, col=1)
-shared.chart(plots.side_legend(plots.style(fig, height=440)))
+shared.chart(plots.loss_contribution_figure(contributions))
 st.caption(
     "Before weighting, positives contribute freq_pos and negatives freq_neg; after, both contribute "
     "freq_pos x freq_neg, so the two bars of each finding are equal (note the different scales)."

@@ -4,7 +4,6 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import shared
 import streamlit as st
 
@@ -112,7 +111,7 @@ selection = filtered(*filters)
 try:
     available = shared.image_index()
 except InputError as exc:  # $CHESTXRAY_IMAGES names no folder
-    st.error(str(exc), icon=":material/error:")
+    shared.show_error(exc)
     available = {}
 where = "the image folder" if image_folders.is_custom() else "`nih/images` and `nih/boxed`"
 present = sorted(name for name in selection["Image"] if name in available)  # dict lookups: fast at 112,120
@@ -143,19 +142,9 @@ with_findings = sorted(all_boxes["Finding"].unique())
 box_finding = st.selectbox("Boxes of", with_findings, index=with_findings.index("Cardiomegaly"),
                            help="The 8 findings the NIH drew boxes for.")
 shown_boxes = all_boxes[all_boxes["Finding"] == box_finding]
-# every box as a closed path, boxes separated by None, in one trace
-x, y, w, h = (shown_boxes[c].to_numpy() for c in ("x", "y", "w", "h"))
-gap = np.full(len(shown_boxes), None)
-fig = go.Figure(go.Scatter(
-    x=np.column_stack([x, x + w, x + w, x, x, gap]).ravel(), y=np.column_stack([y, y, y + h, y + h, y, gap]).ravel(),
-    mode="lines", line={"width": 1, "color": plots.POSITIVE}, opacity=0.5, hoverinfo="skip",
-))
-fig.update_xaxes(range=[0, boxes.ORIGINAL_SIZE], title="x (pixels of the 1024 px original)", constrain="domain")
-fig.update_yaxes(range=[boxes.ORIGINAL_SIZE, 0], title="y (pixels)", scaleanchor="x", constrain="domain")
-fig.update_layout(title=f"{len(shown_boxes)} {box_finding} boxes on the 1024 x 1024 originals")
 left, right = st.columns([1, 1], gap="medium")
 with left:
-    shared.chart(plots.style(fig, height=520, legend=False))
+    shared.chart(plots.box_outline_figure(shown_boxes, box_finding, boxes.ORIGINAL_SIZE))
     st.caption("Each outline is one radiologist's box; the image's left side is the patient's right.")
 with right:
     st.dataframe(shown_boxes, hide_index=True, height=520, column_config={

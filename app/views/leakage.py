@@ -1,7 +1,6 @@
 """Leakage: patients shared between label files, and the official NIH split against a naive split by image."""
 
 import pandas as pd
-import plotly.graph_objects as go
 import shared
 import streamlit as st
 
@@ -89,18 +88,7 @@ for column, split, title in ((a, official, "Official split"), (b, naive, "Naive 
     column.metric(f"{title}: test patients also in training", f"{split['shared_patients']:,}",
                   help="Patients with images on both sides of the split.")
     column.caption(f"{split['test_patients_in_train']:.1%} of its {split['test_patients']:,} test patients")
-splits = ["Official (by patient)", "Naive (by image)"]
-fig = go.Figure([
-    go.Bar(name="Test patients also in training", x=splits,
-           y=[100 * s["test_patients_in_train"] for s in (official, naive)], marker_color=plots.NEGATIVE,
-           text=[f"{s['shared_patients']:,} of {s['test_patients']:,}" for s in (official, naive)]),
-    go.Bar(name="Test images whose patient is in training", x=splits,
-           y=[100 * s["test_images_affected_share"] for s in (official, naive)], marker_color=plots.POSITIVE,
-           text=[f"{s['test_images_affected']:,} of {s['test_images']:,}" for s in (official, naive)]),
-])
-fig.update_traces(textposition="outside", cliponaxis=False)
-fig.update_layout(title="Leakage into the test set", yaxis_title="Share of the test set (%)", yaxis_range=[0, 100])
-shared.chart(plots.style(fig, height=400))
+shared.chart(plots.leakage_figure(result))
 st.caption(
     f"A random split by image leaves {naive['test_images_affected_share']:.0%} of the test images beside another "
     "image of the same patient in training; the official split leaves "

@@ -3,8 +3,8 @@
 from dataclasses import asdict
 from pathlib import Path
 
-import guarantees as guarantees_view
-import localization as localization_view
+import guarantees_view
+import localization_view
 import pandas as pd
 import shared
 import streamlit as st

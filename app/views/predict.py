@@ -11,11 +11,10 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import guarantees as guarantees_view
-import localization as localization_view
+import guarantees_view
+import localization_view
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import shared
 import streamlit as st
 from PIL import Image
@@ -25,13 +24,13 @@ from pipeline.core import paths
 from pipeline.core.errors import InputError
 from pipeline.core.text import count, plural
 from pipeline.data import imaging
+from pipeline.evaluation.results import Conformal
 from pipeline.explain import gradcam
 from pipeline.inference import ood, serving
 
 SHOW_ANYWAY = "Show the probabilities anyway"
 PICK_LIST = 5000  # more images than this are picked by typing a file name
 DEFAULT_IMAGE = "00000001_000.png"  # the first sample image, as before the boxed images joined the list
-LABEL_X = 1.02  # where the probability values are written, just right of 1.0 (no threshold or bar reaches it)
 
 
 @st.cache_resource(show_spinner="Loading the model...", max_entries=2)
@@ -98,49 +97,31 @@ def show_verdict(answer: serving.Answer, key: str) -> bool:
                        help="The probabilities and heatmaps of an out-of-distribution image are not meaningful.")
 
 
-def show_image(image_name: str, image: np.ndarray, answer: serving.Answer, names: list[str], size: int) -> None:
-    """The probability chart and the Grad-CAM overlay of one image."""
+def show_image(image_name: str, image: np.ndarray, answer: serving.Answer, names: list[str], size: int,
+               thresholds: dict[str, float], model_note: str, guarantees: Conformal | None,
+               guarantee_source: str) -> None:
+    """The probability chart, the Grad-CAM overlay and the three answers of one image; ``model_note`` says which
+    model answered, ``guarantees`` (`guarantees_view.source_of`) what its answers promise."""
     probabilities, maps = answer.probabilities, answer.heatmaps
-    order = np.argsort(-probabilities, kind="stable")
     typicality = "" if answer.verdict.typicality is None else f" typicality {answer.verdict.typicality:.2f};"
     st.caption(
         f"Image `{image_name}` ({image.shape[1]} x {image.shape[0]} px, resized to {size} x {size} for the model);"
-        f"{typicality} model `{shared.display_path(run.checkpoint)}` (run {run.name}, served by "
-        f"{predictor.source}); {threshold_note}."
+        f"{typicality} {model_note}."
     )
-    ranked = [names[k] for k in order]
-    values = probabilities[order]
-    above = [name in thresholds and p >= thresholds[name] for name, p in zip(ranked, values, strict=True)]
-    fig = go.Figure(go.Bar(
-        x=values, y=ranked, orientation="h", name="Probability",
-        marker_color=[plots.POSITIVE if a else plots.NEGATIVE for a in above],
-        hovertemplate="%{y}: %{x:.3f}<extra></extra>",
-    ))
-    # the values in a column right of the axis's end, where no bar end or threshold tick can sit under them
-    fig.add_trace(go.Scatter(x=[LABEL_X] * len(values), y=ranked, mode="text", text=[f"{p:.3f}" for p in values],
-                             textposition="middle right", hoverinfo="skip", name="Probability value",
-                             cliponaxis=False))
-    marked = [name for name in ranked if name in thresholds]
-    if marked:
-        fig.add_trace(go.Scatter(
-            x=[thresholds[name] for name in marked], y=marked, mode="markers", name="Operating threshold",
-            marker={"symbol": "line-ns", "size": 22, "line": {"width": 3, "color": "#222"}},
-            hovertemplate="%{y} threshold: %{x:.3f}<extra></extra>",
-        ))
-    fig.update_layout(title="Probability of each finding", xaxis_title="Probability (0-1)",
-                      xaxis={"range": [0, 1.17], "tickvals": [0, 0.2, 0.4, 0.6, 0.8, 1.0]},
-                      yaxis={"autorange": "reversed"})
+    ranked = [names[k] for k in np.argsort(-probabilities, kind="stable")]
+    marked = any(name in thresholds for name in names)
     plot, heat = st.columns([2, 3], gap="large")
     with plot:
-        shared.chart(plots.style(fig, height=520, legend=False))
+        shared.chart(plots.probability_figure(probabilities, names, thresholds))
         tick = "A black tick marks the finding's operating threshold; red bars reach it." if marked else ""
         st.caption("Findings sorted by probability. Each finding is a separate yes/no question, so the probabilities "
                    "do not sum to 1. " + tick)
     with heat:
         finding = st.selectbox("Grad-CAM for", ranked, help="Where the model's evidence for this finding lies.")
         opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05)
-        overlay = gradcam.overlay(image, maps[names.index(finding)], opacity)
-        shown, overlay, box_table = localization_view.predict_boxes(image_name, image, overlay, maps, names)
+        view = gradcam.bounded(image)  # overlays of a 50-megapixel image would cost gigabytes at full size
+        overlay = gradcam.overlay(view, maps[names.index(finding)], opacity)
+        shown, overlay, box_table = localization_view.predict_boxes(image_name, view, overlay, maps, names)
         original, blended = st.columns(2)
         original.image(shown, caption=f"Original: {image_name}", width="stretch")
         blended.image(overlay, caption=f"Grad-CAM: {finding} ({probabilities[names.index(finding)]:.3f})",
@@ -159,7 +140,7 @@ def show_image(image_name: str, image: np.ndarray, answer: serving.Answer, names
 
 
 def batch_table(results: list[tuple[str, serving.Answer | None, str | None]], names: list[str],
-                show_flagged: bool) -> pd.DataFrame:
+                thresholds: dict[str, float], guarantees: Conformal | None, show_flagged: bool) -> pd.DataFrame:
     """One row per file: file, status, each finding's probability (hidden for flagged images), typicality and the
     reason last, so the long reasons never push the findings out of view; empty cells where nothing applies."""
     rows = []
@@ -205,6 +186,8 @@ if run.checkpoint is None:
 # (`chestxray export`) is picked up without restarting the app.
 checkpoint_time = mtime(run.checkpoint) + mtime(serving.export_paths(run.checkpoint)[1])
 stats_time = mtime(run.checkpoint.parent / ood.STATS_FILE)
+# the statistics are valid only for the checkpoint they were fitted to: keyed on both, like the predictor
+stats_key = stats_time + mtime(run.checkpoint.parent / ood.INFO_FILE) + checkpoint_time
 try:  # opened now, before any upload, so that the first answer does not wait for it
     predictor = load_predictor(str(run.checkpoint), checkpoint_time)
 except InputError as exc:  # e.g. a checkpoint that is not a model of this project
@@ -221,18 +204,27 @@ if evaluation is not None:
         thresholds = result.thresholds
         threshold_note = (f"thresholds from `{paths.shorten(evaluation, paths.artifacts_dir())}`, "
                           f"{result.threshold_source.describe(result.target_sensitivity)}")
+model_note = (f"model `{shared.display_path(run.checkpoint)}` (run {run.name}, served by {predictor.source}); "
+              f"{threshold_note}")
 guarantees, guarantee_source = None, "the run's evaluation could not be read"
 with shared.guard():
     guarantees, guarantee_source = guarantees_view.source_of(evaluation)
+if predictor.note is not None:
+    st.warning(shared.redact(predictor.note), icon=":material/warning:")
 if stats_time == 0.0:
     st.info(f"Run {run.name} has no typicality statistics, so only the cheap checks (colour, flat, noise, aspect "
             "ratio) guard against images that are not chest X-rays; add them with:")
     st.code(shared.export_command(run.path), language="bash")
+elif load_stats(str(run.checkpoint.parent), stats_key) is None:
+    st.warning(f"Only the cheap checks (colour, flat, noise, aspect ratio) guard these images: "
+               f"{ood.unavailable(run.checkpoint.parent)}", icon=":material/warning:")
 
 left, right = st.columns(2)
+upload_mb = int(st.get_option("server.maxUploadSize"))  # .streamlit/config.toml: sized to the server's memory
 uploads = left.file_uploader("Upload chest X-rays (PNG, JPEG or DICOM; several at once for a table)",
                              type=["png", "jpg", "jpeg", "dcm", "dicom"], accept_multiple_files=True,
-                             help="Read in memory and never written to disk.")
+                             help=f"Up to {upload_mb} MB and {imaging.MAX_PIXELS // 1_000_000} megapixels per "
+                                  "file. Read in memory and never written to disk.")
 try:
     available = shared.image_index()
     sample = choose_image(right, available, bool(uploads))
@@ -248,12 +240,15 @@ images: dict[str, np.ndarray] = {}
 for index, (name, source) in enumerate(sources):
     label = name if all(other != name for other, _ in sources[:index]) else f"{name} ({index + 1})"
     try:
+        if getattr(source, "size", 0) > upload_mb * 2**20:  # Streamlit refuses these too; never decode one
+            raise InputError(f"{name}: {source.size / 2**20:.0f} MB is over the {upload_mb} MB upload limit; "
+                             "downscale the image or export it compressed")
         decoded = imaging.load_decoded(source)
     except InputError as exc:
-        results.append((label, None, str(exc)))
+        results.append((label, None, shared.redact(str(exc))))
         continue
     images[label] = imaging.to_gray(decoded)
-    results.append((label, analyse(str(run.checkpoint), checkpoint_time, stats_time, decoded), None))
+    results.append((label, analyse(str(run.checkpoint), checkpoint_time, stats_key, decoded), None))
 
 if len(results) == 1:
     label, answer, error = results[0]
@@ -261,7 +256,7 @@ if len(results) == 1:
         shared.show_error(InputError(error))
         st.stop()
     if show_verdict(answer, label):
-        show_image(label, images[label], answer, names, size)
+        show_image(label, images[label], answer, names, size, thresholds, model_note, guarantees, guarantee_source)
     st.stop()
 
 flagged = sum(1 for _, answer, _ in results if answer is not None and not answer.verdict.in_distribution)
@@ -275,7 +270,7 @@ if flagged:
              f"read**; {plural(flagged, 'its', 'their')} probabilities are hidden because they mean nothing.",
              icon=":material/block:")
 show_flagged = bool(flagged) and st.checkbox(SHOW_ANYWAY + " (flagged files)", value=False, key="anyway-batch")
-table = batch_table(results, names, show_flagged)
+table = batch_table(results, names, thresholds, guarantees, show_flagged)
 above = [column for column in table if column.endswith(">= threshold")]
 # numbers shown as fixed-width text: the grid would print an empty number as "None" (and they still sort right)
 shown = table.drop(columns=above)
@@ -310,6 +305,6 @@ elif readable:
                               help="One row of the table, in detail; ticking a row in the table chooses it too.")
     answer = next(answer for label, answer, _ in results if label == chosen)
     if answer.verdict.in_distribution or show_flagged:
-        show_image(chosen, images[chosen], answer, names, size)
+        show_image(chosen, images[chosen], answer, names, size, thresholds, model_note, guarantees, guarantee_source)
     else:
         st.info(f"`{chosen}` is out of distribution ({answer.verdict.reason}); tick the box above to see it anyway.")

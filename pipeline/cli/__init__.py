@@ -9,6 +9,7 @@ and `leakage` start fast. One module per command group; nothing in the library i
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -89,7 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_commands(commands)
     prediction.add_commands(commands)
     evaluation.add_commands(commands)
-    localization.add_reference_argument(commands.choices["evaluate"])
     localization.add_commands(commands)
     for command in commands.choices.values():
         command.allow_abbrev = False
@@ -119,7 +119,7 @@ def resolve_checkpoint(path: Path, flag: str = "--checkpoint") -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; its exit code (2 for bad input, 130 when interrupted)."""
+    """Run one command; its exit code (2 for bad input, 130 when interrupted, 1 when stdout's reader left)."""
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # said by the command's own parser, so that its usage is the one printed
@@ -129,13 +129,22 @@ def main(argv: list[str] | None = None) -> int:
         for name, flag in (("checkpoint", "--checkpoint"), ("init_from", "--init-from")):
             if getattr(args, name, None) is not None:
                 setattr(args, name, resolve_checkpoint(getattr(args, name), flag))
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # inside the frame, so that a reader gone away (`| head`) is seen here
+        return code
     except InputError as exc:
         print(f"error: {as_flags(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of stdout (`stats --json | head`) has closed it: stop quietly, and point stdout at
+        # /dev/null so that Python's own flush at exit does not report the same broken pipe again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 1
 
 
 def warn(message: str) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.errors import InputError
 from pipeline.core.text import count
 from pipeline.evaluation.results import (
     CALIBRATION_CSV,
@@ -48,7 +49,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     p.add_argument(
         "--plots", action="store_true",
-        help="also write curves.html: ROC, PR and calibration on one page (works offline and copied alone)",
+        help="also write curves.html (ROC, PR and calibration on one page) and the subgroup forest plots; each page "
+             "carries its script, so it works offline and copied alone",
+    )
+    p.add_argument(
+        "--reference", metavar="NAME_OR_CSV",
+        help="score against expert labels instead: 'google2019' (the shipped Google 2019 adjudicated labels) or "
+             "a CSV in its format; only --labels images with expert labels are predicted",
     )
     add_subgroup_flags(p)
     add_conformal_arguments(p)
@@ -65,11 +72,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Predictions (from a checkpoint or a CSV) and labels in, an evaluation folder out, its table printed."""
-    from pipeline.cli import localization, warn
+    from pipeline.cli import warn
     from pipeline.evaluation import evaluate
 
     if args.reference is not None:
-        return localization.run_reference(args)
+        return run_reference(args)
     evaluation = evaluate.evaluate_files(
         args.labels,
         args.out,
@@ -93,18 +100,40 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.plots:
         from pipeline.plots import EVALUATION_PLOTS, write_evaluation_plots
 
-        write_evaluation_plots(evaluation, args.out)
-        written += list(EVALUATION_PLOTS)
-        if evaluation.conformal is not None:
-            from pipeline.plots import CONFORMAL_PLOT, write_conformal_plot
+        try:  # the evaluation folder is complete by now; a full disk costs only the figures
+            write_evaluation_plots(evaluation, args.out)
+            written += list(EVALUATION_PLOTS)
+            if evaluation.conformal is not None:
+                from pipeline.plots import CONFORMAL_PLOT, write_conformal_plot
 
-            write_conformal_plot(evaluation.conformal, evaluation.risk_coverage, args.out)
-            written.append(CONFORMAL_PLOT)
+                write_conformal_plot(evaluation.conformal, evaluation.risk_coverage, args.out)
+                written.append(CONFORMAL_PLOT)
+        except OSError as exc:
+            raise InputError(f"{args.out}: the evaluation is written, but not its figures ({exc.strerror}); "
+                             "free space and rerun with --plots") from None
     print(format_metrics(evaluation.summary))
     written += print_subgroups(args.out, args.plots)
     if evaluation.conformal is not None:
         print(format_conformal(evaluation.conformal))
     print(f"wrote {', '.join(written)} to {args.out}")
+    return 0
+
+
+def run_reference(args: argparse.Namespace) -> int:
+    """`evaluate --reference`: AUCs against expert and NIH labels on the same images; writes reference.json."""
+    from pipeline.evaluation import expert_labels
+
+    unused = [flag for flag, value in (("--valid-predictions", args.valid_predictions), ("--valid-labels",
+              args.valid_labels), ("--thresholds", args.thresholds), ("--target-sensitivity", args.target_sensitivity),
+              ("--plots", args.plots or None)) if value is not None]
+    if unused:
+        raise InputError(f"{unused[0]} has no part in --reference, which reports AUCs only; leave it out")
+    summary = expert_labels.evaluate_reference(
+        args.labels, args.reference, args.out, checkpoint=args.checkpoint, images=args.images,
+        predictions_file=args.predictions, n_bootstrap=args.bootstrap, seed=args.seed,
+    )
+    print(expert_labels.format_summary(summary))
+    print(f"wrote {expert_labels.RESULT} and {expert_labels.PER_IMAGE} to {args.out}")
     return 0
 
 

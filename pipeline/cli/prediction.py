@@ -40,11 +40,13 @@ def run_predict(args: argparse.Namespace) -> int:
     ``{"image": path, "probabilities": {finding: p}, "in_distribution": bool, "typicality": t}`` (plus
     ``"ood_reason"`` when not in distribution and ``"gradcam": {finding: png}`` with ``--gradcam``), plus
     ``"conformal"`` when the run has conformal thresholds (`_conformal_record`).
-    ``--gradcam DIR`` writes ``DIR/<name>_<finding>.png`` overlays of the ``--top`` most probable findings,
+    ``--gradcam DIR`` writes ``DIR/<name>_<finding>.png`` overlays of the ``--top`` most probable findings (at
+    the image's size, or shrunk to `pipeline.explain.gradcam.OVERLAY_SIDE` px on the longer side),
     with names made unique across the batch (`pipeline.inference.predict.overlay_stems`). Answers come from the run's
     export when it is current (no TensorFlow). Returns 0 when every image was predicted, 2 when some could
     not be read (each reason is on stderr and the readable images are still predicted).
     """
+    from pipeline.cli import warn
     from pipeline.data import imaging
     from pipeline.explain import gradcam
     from pipeline.inference import ood, predict, serving
@@ -53,6 +55,11 @@ def run_predict(args: argparse.Namespace) -> int:
         raise InputError(f"--top must be at least 1, got {args.top}")
     predictor = serving.load_predictor(args.checkpoint)
     stats = ood.load(Path(args.checkpoint).parent)
+    if predictor.note is not None:
+        warn(predictor.note)
+    if stats is None:  # never pass an image with fewer checks than usual without saying so
+        why = ood.unavailable(args.checkpoint.parent)
+        warn(f"only the pixel checks guard these images, no typicality check: {why}")
     guarantees = _guarantees(args.checkpoint, args.conformal)
     names = predictor.names
     thresholds, threshold_note = run_thresholds(Path(args.checkpoint))
@@ -72,10 +79,11 @@ def run_predict(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr, flush=True)
             failed += 1
             continue
-        answer = serving.analyse(predictor, stats, [decoded])[0]
+        # heatmaps at the model's size and overlays at most `gradcam.OVERLAY_SIDE`: memory stays bounded
+        answer = serving.analyse(predictor, stats, [decoded], heatmap_size=predictor.input_size)[0]
         overlays: dict[str, str] = {}
         if args.gradcam is not None:
-            gray = imaging.to_gray(decoded)
+            gray = gradcam.bounded(imaging.to_gray(decoded))
             for k in np.argsort(-answer.probabilities, kind="stable")[: args.top]:
                 out = args.gradcam / f"{stem}_{names[k]}.png"
                 gradcam.write_overlay(gradcam.overlay(gray, answer.heatmaps[k]), out)
@@ -92,13 +100,19 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """Add the inference export and the typicality statistics to a run folder; print what was written."""
+    from pipeline.cli import warn
     from pipeline.data import input_pipeline
     from pipeline.inference import serving
     from pipeline.networks import densenet
+    from pipeline.training import run_folder
 
     checkpoint = args.run / "best.keras"
-    net = densenet.load(checkpoint)
     sources = [input_pipeline.open_source(path, args.images) for path in (args.train, args.valid)]
+    # the typicality threshold is fitted to these images: another run's labels would silently move it
+    unchecked = run_folder.check_same_data(args.run, sources[0].sha256, sources[1].sha256, "export")
+    if unchecked is not None:
+        warn(unchecked)
+    net = densenet.load(checkpoint)
     images = [input_pipeline.sample(source, serving.MAX_STATS_IMAGES, densenet.input_size(net)) for source in sources]
     summary = serving.add_serving_artifacts(args.run, net, images[0], images[1], checkpoint)
     print(json.dumps(summary, indent=2))
@@ -113,7 +127,8 @@ def run_thresholds(checkpoint: Path) -> tuple[dict[str, float], str]:
     from pipeline.evaluation import results
     from pipeline.training import runs
 
-    evaluation = runs.headline_evaluation(runs.run_evaluations(checkpoint.parent))
+    folder = checkpoint.parent
+    evaluation = runs.headline_evaluation(runs.Run(folder.name, folder, checkpoint, (), runs.run_evaluations(folder)))
     if evaluation is None:
         return {}, "no evaluation of this run, so no operating thresholds: nothing is marked positive"
     try:
@@ -160,7 +175,7 @@ def _json_line(path: Path, names: list[str], probabilities: np.ndarray, overlays
         record["ood_reason"] = verdict.reason
     if overlays:
         record["gradcam"] = overlays
-    return json.dumps(record)
+    return json.dumps(record, allow_nan=False)
 
 
 # --- conformal answers (issue 19) ------------------------------------------------------------------------------
@@ -200,7 +215,7 @@ def _with_answers(text: str, guarantees: tuple[Path, Any], names: list[str], pro
     """The image's output with its conformal answers: a ``conformal`` entry in JSON, a block of lines in text."""
     record = _conformal_record(guarantees, names, probabilities, verdict)
     if as_json:
-        return json.dumps({**json.loads(text), "conformal": record})
+        return json.dumps({**json.loads(text), "conformal": record}, allow_nan=False)
     head = (f"  conformal answers (miss rate <= {record['miss_rate']:g}, false alarms <= "
             f"{record['false_alarm_rate']:g}; calibrated on {record['calibration']}, "
             f"{record['calibration_images']} images):")

@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -48,6 +50,42 @@ def output_folder(path: str | os.PathLike[str]) -> Path:
     except OSError as exc:
         raise InputError(f"{folder}: cannot create the output folder ({exc.strerror})") from None
     return folder
+
+
+@contextmanager
+def staged_folder(path: str | os.PathLike[str], last: str, replaces: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Write a folder whole or not at all: yield an empty temporary folder beside ``path`` to write into.
+
+    When the block ends, a new ``path`` is the temporary folder renamed; an existing one gets the new files
+    moved in (renames need no space), its old ``last`` file (the one that vouches for the rest) removed first
+    and the new one moved in last; files named in ``replaces`` that the new folder lacks are removed (an
+    earlier result's optional files), others left alone. When writing fails (a full disk) nothing in
+    ``path`` has changed, the temporary folder is removed and the `OSError` becomes a one-line `InputError`.
+    """
+    target = Path(path)
+    output_folder(target.parent)
+    stage = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        yield stage
+        os.chmod(stage, 0o755)
+        if not target.exists():
+            os.rename(stage, target)
+            return
+        if not target.is_dir():
+            raise InputError(f"{target}: exists and is not a folder; give a folder for the results")
+        (target / last).unlink(missing_ok=True)
+        for name in replaces:
+            if not (stage / name).exists():
+                (target / name).unlink(missing_ok=True)
+        for item in sorted(stage.iterdir(), key=lambda item: item.name == last):
+            os.replace(item, target / item.name)
+    except OSError as exc:
+        raise InputError(
+            f"{target}: cannot write the results ({exc.strerror or reason(exc)}); nothing there was changed: "
+            "free space or fix the folder's permissions, then rerun"
+        ) from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def write_bytes_atomic(content: bytes, path: str | os.PathLike[str]) -> Path:

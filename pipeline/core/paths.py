@@ -4,11 +4,14 @@ The defaults are found relative to this package: in a checkout (or an editable i
 is the folder above ``pipeline/``. Two environment variables move them, read at each call so a test or a
 notebook can set them late:
 
-- ``$CHESTXRAY_NIH``: the folder holding ``images/``, ``metadata/`` and the label CSVs (default ``<root>/nih``);
+- ``$CHESTXRAY_NIH``: the folder holding ``images/`` and the label CSVs (default ``<root>/nih``);
 - ``$CHESTXRAY_ARTIFACTS``: the folder holding ``runs/`` (default ``<root>/artifacts``).
 
-A non-editable install (``pip install .``) ships the code only: there the defaults point at folders that do not
-exist, and the commands that need the embedded data say so when they open a file.
+The NIH metadata (the 112,120-row Data_Entry table, the official split lists, the radiologist boxes and the
+Google 2019 expert labels; 1.3 MB) ships inside the package, in ``pipeline/metadata/``, as torchxrayvision
+ships its label files: so `audit`, `stats` and `localize` work from any folder after ``pip install .``.
+``nih/metadata`` in the checkout is a link to it. A non-editable install has no images: there the other
+defaults point at folders that do not exist, and the commands that need them say so when they open a file.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # pipeline/core/paths.py -> the repository
+METADATA_DIR = Path(__file__).resolve().parents[1] / "metadata"  # package data (pyproject.toml: package-data)
 NIH_ENV = "CHESTXRAY_NIH"
 ARTIFACTS_ENV = "CHESTXRAY_ARTIFACTS"
 
@@ -43,22 +47,27 @@ def images_dir() -> Path:
 
 def metadata_file() -> Path:
     """The full NIH metadata, ``Data_Entry_2017_v2020.csv.gz`` (112,120 images)."""
-    return nih_dir() / "metadata" / "Data_Entry_2017_v2020.csv.gz"
+    return METADATA_DIR / "Data_Entry_2017_v2020.csv.gz"
 
 
 def train_val_list() -> Path:
     """The official NIH list of train/validation images."""
-    return nih_dir() / "metadata" / "train_val_list.txt.gz"
+    return METADATA_DIR / "train_val_list.txt.gz"
 
 
 def test_list() -> Path:
     """The official NIH list of test images."""
-    return nih_dir() / "metadata" / "test_list.txt.gz"
+    return METADATA_DIR / "test_list.txt.gz"
 
 
 def box_list() -> Path:
     """The NIH radiologist bounding boxes, ``BBox_List_2017.csv.gz``."""
-    return nih_dir() / "metadata" / "BBox_List_2017.csv.gz"
+    return METADATA_DIR / "BBox_List_2017.csv.gz"
+
+
+def expert_labels_file() -> Path:
+    """The Google 2019 radiologist-adjudicated labels of 4 findings on 4,376 NIH images."""
+    return METADATA_DIR / "google2019_nih-chest-xray-labels.csv.gz"
 
 
 def sample_labels() -> Path:

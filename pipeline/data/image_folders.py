@@ -42,18 +42,39 @@ def is_custom() -> bool:
     return bool(os.environ.get(ENV_VAR))
 
 
-def list_images(folders: Sequence[str | os.PathLike[str]]) -> dict[str, str]:
-    """``{file name: path}`` of the image files directly in the folders, sorted by name.
+class ImageIndex(dict[str, str]):
+    """``{file name: path}`` of a folder listing, plus ``skipped``: image-named entries that are not regular
+    files (a FIFO, a socket, a dangling link), which are never opened, so a page cannot block on them."""
+
+    skipped: list[str]
+
+
+def list_images(folders: Sequence[str | os.PathLike[str]]) -> ImageIndex:
+    """``{file name: path}`` of the regular image files directly in the folders, sorted by name.
 
     The first folder wins a repeated name. Paths stay strings: 112,120 ``Path`` objects would cost seconds.
+    The file type comes from the directory entry (no ``stat`` except for symbolic links).
     """
     found: dict[str, str] = {}
+    skipped: list[str] = []
     for folder in folders:
         with os.scandir(folder) as entries:
             for entry in entries:
                 if entry.name.lower().endswith(SUFFIXES) and not entry.name.startswith("."):
-                    found.setdefault(entry.name, entry.path)
-    return dict(sorted(found.items()))
+                    if _is_regular(entry):
+                        found.setdefault(entry.name, entry.path)
+                    else:
+                        skipped.append(entry.name)
+    index = ImageIndex(sorted(found.items()))
+    index.skipped = sorted(skipped)
+    return index
+
+
+def _is_regular(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:  # a symbolic link loop
+        return False
 
 
 def thumbnail(path: str | os.PathLike[str], side: int = 320) -> np.ndarray:

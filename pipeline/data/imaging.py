@@ -8,9 +8,11 @@ without allocating it. Every refusal is an `InputError` with a one-line message.
 
 from __future__ import annotations
 
+import errno
 import functools
 import io
 import os
+import stat
 import struct
 from typing import Any
 
@@ -101,15 +103,7 @@ def _read(source: Any) -> tuple[str, bytes]:
     """Return (name for messages, bytes); name is '' when the source carries none."""
     if isinstance(source, (str, os.PathLike)):
         name = os.fspath(source)
-        try:
-            with open(name, "rb") as handle:
-                return name, handle.read()
-        except FileNotFoundError:
-            raise InputError(f"{name}: file not found; check the path") from None
-        except IsADirectoryError:
-            raise InputError(f"{name}: is a directory, not an image file; give the path of one image") from None
-        except OSError as exc:
-            raise InputError(f"{name}: cannot read file ({exc.strerror}); check its permissions") from None
+        return name, read_regular_file(name)
     if isinstance(source, (bytes, bytearray, memoryview)):
         return "", bytes(source)
     name = getattr(source, "name", "")
@@ -119,6 +113,50 @@ def _read(source: Any) -> tuple[str, bytes]:
     if hasattr(source, "read"):
         return name, bytes(source.read())
     raise TypeError(f"load_image needs a path, bytes or a file-like object, not {type(source).__name__}")
+
+
+def read_regular_file(name: str) -> bytes:
+    """The bytes of ``name`` when it is a regular file; `InputError` for anything else, without blocking.
+
+    The file is opened non-blocking and checked on the open descriptor (no race with a swapped path), so a
+    FIFO, socket or device among the images is refused at once instead of waiting forever for a writer.
+    """
+    try:
+        descriptor = os.open(name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise InputError(f"{name}: file not found; check the path") from None
+    except IsADirectoryError:
+        raise InputError(f"{name}: is a directory, not an image file; give the path of one image") from None
+    except OSError as exc:
+        raise InputError(_os_reason(name, exc)) from None
+    mode = os.fstat(descriptor).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(descriptor)
+        if stat.S_ISDIR(mode):
+            raise InputError(f"{name}: is a directory, not an image file; give the path of one image")
+        raise InputError(f"{name}: is a {_kind(mode)}, not a regular file; give the path of an image file")
+    os.set_blocking(descriptor, True)
+    with os.fdopen(descriptor, "rb") as handle:
+        try:
+            return handle.read()
+        except OSError as exc:
+            raise InputError(_os_reason(name, exc)) from None
+
+
+def _os_reason(name: str, exc: OSError) -> str:
+    """One line for an OSError on opening or reading an image file, naming the actual cause."""
+    if exc.errno == errno.ELOOP:
+        return f"{name}: symbolic link loop (the link points back at itself); fix or remove the link"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"{name}: cannot read file (permission denied); check its permissions"
+    return f"{name}: cannot read file ({exc.strerror or reason(exc)}); check the file and its disk"
+
+
+def _kind(mode: int) -> str:
+    """What a non-regular file is, for messages."""
+    kinds = {stat.S_ISFIFO: "named pipe (FIFO)", stat.S_ISSOCK: "socket", stat.S_ISCHR: "character device",
+             stat.S_ISBLK: "block device"}
+    return next((kind for test, kind in kinds.items() if test(mode)), "special file")
 
 
 def _check_size(width: int, height: int) -> None:
@@ -255,9 +293,12 @@ def _window(ds: pydicom.Dataset) -> tuple[float, float] | None:
 
 def _min_max(values: np.ndarray) -> np.ndarray:
     """Scale to 0-255 over the image's own range; a constant image becomes all zeros."""
-    values = values.astype(np.float64)
     low, high = float(values.min()), float(values.max())
     if high <= low:
         return np.zeros(values.shape, np.uint8)
-    return np.rint((values - low) * (255.0 / (high - low))).astype(np.uint8)
+    # float32 in place: one copy of a 50-megapixel image is 200 MB, each float64 temporary would be 400 MB
+    scaled = values.astype(np.float32)
+    scaled -= low
+    scaled *= 255.0 / (high - low)
+    return np.rint(scaled, out=scaled).astype(np.uint8)
 

@@ -15,16 +15,20 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from pandas._libs.parsers import STR_NA_VALUES  # pandas' own missing-value words, kept for every other column
 
 from pipeline.core.errors import InputError, reason
 from pipeline.core.files import write_csv_atomic
 from pipeline.core.findings import FINDINGS, NO_FINDING
 
 NIH_COLUMNS = {"Image Index": "Image", "Patient ID": "PatientId"}
+PATIENT_COLUMNS = ("Patient ID", "PatientId")
 NIH_OPTIONAL = {"View Position": "View", "Patient Age": "Age", "Patient Gender": "Sex"}
 COURSE_REQUIRED = ("Image", *FINDINGS, "PatientId")
 OPTIONAL = ("View", "Age", "Sex")
@@ -68,11 +72,23 @@ def read_csv(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise InputError(f"{path}: file not found; check the path")
     try:
-        return pd.read_csv(path, dtype={"Image": str, "Image Index": str}, low_memory=False)
+        return _parse_csv(lambda: path)
     except pd.errors.EmptyDataError:
         raise InputError(f"{path.name}: the file is empty; give a CSV with a header row") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as exc:
         raise InputError(f"{path.name}: cannot be read as CSV ({reason(exc)}); give a plain or gzipped CSV") from None
+
+
+def _parse_csv(source: Callable[[], Any], **options: Any) -> pd.DataFrame:
+    """`pandas.read_csv` of ``source()`` with pandas' usual missing-value words everywhere except in patient ids.
+
+    ``NA``, ``null`` or ``None`` are ids like any other (only an empty cell is a missing id); the header is
+    read first to name the columns, since pandas takes per-column missing values only by name.
+    """
+    header = pd.read_csv(source(), nrows=0, **options).columns
+    missing = {column: [""] if column in PATIENT_COLUMNS else sorted(STR_NA_VALUES) for column in header}
+    return pd.read_csv(source(), dtype={"Image": str, "Image Index": str}, low_memory=False, keep_default_na=False,
+                       na_values=missing, **options)
 
 
 def _require(raw: pd.DataFrame, columns: tuple[str, ...] | list[str], name: str, kind: str) -> None:
@@ -120,9 +136,9 @@ def _from_course(raw: pd.DataFrame, name: str) -> pd.DataFrame:
         bad = ~values.isin([0, 1])
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise InputError(
-                f"{name}: column {finding!r} row {row + 2} has value {raw[finding].iloc[row]!r}; labels must be 0 or 1"
-            )
+            value = raw[finding].iloc[row]
+            value = value.item() if isinstance(value, np.generic) else value  # 2, not np.int64(2)
+            raise InputError(f"{name}: column {finding!r} row {row + 2} has value {value!r}; labels must be 0 or 1")
         table[finding] = values.astype(np.int8).to_numpy()
     for column in OPTIONAL:
         if column in raw.columns:
@@ -213,9 +229,7 @@ def load_labels_bytes(content: bytes, name: str) -> pd.DataFrame:
         raise InputError(f"{name}: the file is empty; give a CSV with a header row")
     compression = "gzip" if content[:2] == b"\x1f\x8b" else None
     try:
-        raw = pd.read_csv(
-            io.BytesIO(content), compression=compression, dtype={"Image": str, "Image Index": str}, low_memory=False
-        )
+        raw = _parse_csv(lambda: io.BytesIO(content), compression=compression)
     except pd.errors.EmptyDataError:
         raise InputError(f"{name}: the file is empty; give a CSV with a header row") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as exc:

@@ -17,7 +17,8 @@ import pandas as pd
 from pipeline.core.errors import InputError, first_items
 from pipeline.core.findings import FINDINGS
 from pipeline.evaluation import metrics
-from pipeline.evaluation.evaluate import check_bootstrap, interval, matrices
+from pipeline.evaluation.bootstrap import check_bootstrap
+from pipeline.evaluation.evaluate import interval, matrices
 from pipeline.evaluation.results import align, read_metrics, read_scored
 
 

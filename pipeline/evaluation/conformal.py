@@ -16,13 +16,17 @@ scoring below t. Then the expected share of a new image's true findings left out
 
 The guarantees are marginal (on average over calibration sets and new images), hold only for images
 exchangeable with the calibration images, and say nothing about one image. NumPy and SciPy only.
+
+About 450 lines, kept whole on purpose: the per-finding thresholds, the answers built on them, the image-level
+threshold, the realised rates and the abstention curve are one method sharing one rank rule and one stored type
+(`pipeline.evaluation.results.Conformal`); `evaluate` and `predict` call only its public functions.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +43,7 @@ from pipeline.evaluation.results import (
     FindingGuarantee,
     ImageGuarantee,
     Realised,
+    align,
     read_conformal,
     read_scored,
     write_conformal,
@@ -387,18 +392,59 @@ def load(eval_dir: str | Path) -> Conformal:
     return guarantees
 
 
+def check_request(miss_rate: float | None, false_alarm_rate: float | None, has_validation: bool) -> None:
+    """The rules of an evaluation's ``miss_rate`` and ``false_alarm_rate``, checked before anything is predicted."""
+    if miss_rate is None:
+        if false_alarm_rate is not None:
+            raise InputError("`false_alarm_rate` needs `miss_rate`: the conformal thresholds are chosen together")
+        return
+    check_rate(miss_rate, "miss_rate")
+    if false_alarm_rate is not None:
+        check_rate(false_alarm_rate, "false_alarm_rate")
+    if not has_validation:
+        raise InputError(
+            "`miss_rate` needs validation data to calibrate on: give `valid_predictions` or `valid_labels`"
+        )
+
+
+def from_tables(
+    valid: tuple[pd.DataFrame, pd.DataFrame, str],
+    labels: pd.DataFrame,
+    predictions: pd.DataFrame,
+    miss_rate: float,
+    false_alarm_rate: float | None = None,
+    *,
+    test: str = "test set",
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    out_of_distribution: Collection[str] = (),
+) -> tuple[Conformal, pd.DataFrame]:
+    """Guarantees calibrated on ``valid`` (labels, predictions, name) and checked on ``labels`` and ``predictions``.
+
+    Tables as `pipeline.evaluation.results.read_scored` gives them (any order; aligned here). The risk-coverage
+    curve abstains first on the images named in ``out_of_distribution``, then on the least certain.
+    """
+    valid_labels, valid_predictions, valid_name = valid
+    columns = list(FINDINGS)
+    valid_predictions = align(valid_labels, valid_predictions, "validation labels", "validation predictions")
+    guarantees = calibrate(valid_labels[columns].to_numpy(), valid_predictions[columns].to_numpy(), miss_rate,
+                           false_alarm_rate, calibration=valid_name)
+    predictions = align(labels, predictions, "labels", "predictions")
+    y, p = labels[columns].to_numpy(), predictions[columns].to_numpy()
+    check(guarantees, y, p, test=test, n_bootstrap=n_bootstrap, seed=seed)
+    flagged = labels["Image"].isin(list(out_of_distribution)).to_numpy()
+    if flagged.any():
+        guarantees.abstention = OOD_FIRST
+    return guarantees, risk_coverage(y, p, guarantees, abstention_order(p, flagged))
+
+
 def add_to_evaluation(eval_dir: str | Path, valid_dir: str | Path, miss_rate: float,
                       false_alarm_rate: float | None = None, n_bootstrap: int = 1000, seed: int = 0) -> Conformal:
     """Calibrate on a validation evaluation folder's saved predictions, check on another's, and write the latter's
     conformal.json and risk_coverage.csv (nothing is predicted again; metrics.json is left as it is)."""
-    valid_labels, valid_scores = read_scored(valid_dir)
-    labels, scores = read_scored(eval_dir)
-    columns = list(FINDINGS)
-    guarantees = calibrate(valid_labels[columns].to_numpy(), valid_scores[columns].to_numpy(), miss_rate,
-                           false_alarm_rate, calibration=_name(valid_dir))
-    y, p = labels[columns].to_numpy(), scores[columns].to_numpy()
-    check(guarantees, y, p, test=_name(eval_dir), n_bootstrap=n_bootstrap, seed=seed)
-    write_conformal(guarantees, risk_coverage(y, p, guarantees), eval_dir)
+    guarantees, curve = from_tables((*read_scored(valid_dir), _name(valid_dir)), *read_scored(eval_dir), miss_rate,
+                                    false_alarm_rate, test=_name(eval_dir), n_bootstrap=n_bootstrap, seed=seed)
+    write_conformal(guarantees, curve, eval_dir)
     return guarantees
 
 

@@ -26,7 +26,8 @@ from pipeline.core.files import sha256_of
 from pipeline.core.findings import FINDINGS
 from pipeline.core.text import count, plural
 from pipeline.data import label_files
-from pipeline.evaluation import metrics
+from pipeline.evaluation import conformal, metrics
+from pipeline.evaluation.bootstrap import check_bootstrap
 from pipeline.evaluation.results import (
     DEFAULT_THRESHOLD,
     LABELS_CSV,
@@ -113,7 +114,7 @@ def evaluate_files(
                      thresholds_file, target_sensitivity, n_bootstrap)
     if subgroups:
         _check_subgroup_options(age_edges, subgroup_min)
-    _check_conformal(miss_rate, false_alarm_rate, valid_predictions is not None or valid_labels is not None)
+    conformal.check_request(miss_rate, false_alarm_rate, valid_predictions is not None or valid_labels is not None)
     inputs = _read_inputs(labels_file, images if checkpoint is not None else None, valid_predictions, valid_labels,
                           thresholds_file)
     if checkpoint is not None:
@@ -145,11 +146,18 @@ def evaluate_files(
     )
     audit, metadata = (_subgroup_audit(evaluation, age_edges, subgroup_min, n_bootstrap, seed) if subgroups
                        else (None, None))
-    write_evaluation(evaluation, out)
-    write_subgroups(audit, metadata, out)
-    if miss_rate is not None:
-        _write_conformal(evaluation, scored.valid, miss_rate, false_alarm_rate, Path(labels_file).name, out,
-                         n_bootstrap, seed, scored.out_of_distribution)
+    if miss_rate is not None:  # calibrated on the validation data, checked on these images
+        evaluation.conformal, evaluation.risk_coverage = conformal.from_tables(
+            scored.valid, evaluation.labels, evaluation.predictions, miss_rate, false_alarm_rate,
+            test=Path(labels_file).name, n_bootstrap=n_bootstrap, seed=seed,
+            out_of_distribution=scored.out_of_distribution)
+
+    def optional_files(folder: Path) -> None:  # into the same temporary folder: the whole folder or nothing
+        write_subgroups(audit, metadata, folder)
+        if evaluation.conformal is not None:
+            write_conformal(evaluation.conformal, evaluation.risk_coverage, folder)
+
+    write_evaluation(evaluation, out, optional_files)
     return evaluation
 
 
@@ -424,7 +432,7 @@ def evaluate_predictions(
         thresholds={f: float(thresholds[f]) for f in FINDINGS},
         at_threshold={f: OperatingPoint(**point) for f, point in by_finding("at_threshold").items()},
         brier=by_finding("brier"),
-        calibration={f: Reliability(**curve) for f, curve in by_finding("calibration").items()},
+        calibration=by_finding("calibration"),
         bootstrap=Bootstrap(
             n_resamples=n_bootstrap,
             seed=seed,
@@ -449,11 +457,7 @@ def _finding_metrics(y: np.ndarray, p: np.ndarray, threshold: float, bootstrappe
         "average_precision": metrics.average_precision(y, p),
         "at_threshold": metrics.metrics_at_threshold(y, p, threshold),
         "brier": metrics.brier_score(y, p),
-        "calibration": {
-            "mean_predicted": _floats(curve.mean_predicted),
-            "observed": _floats(curve.observed),
-            "count": curve.count.tolist(),
-        },
+        "calibration": curve,
     }
 
 
@@ -543,47 +547,6 @@ def _subgroup_audit(evaluation: Evaluation, age_edges: Sequence[int], subgroup_m
         evaluation, age_edges=age_edges, min_count=subgroup_min, n_bootstrap=n_bootstrap, seed=seed)
     evaluation.summary.notes.append(note)
     return audit, metadata
-# --- conformal guarantees (issue 19) -----------------------------------------------------------------------------
-
-
-def _check_conformal(miss_rate: float | None, false_alarm_rate: float | None, has_validation: bool) -> None:
-    """The input rules of ``--miss-rate`` and ``--false-alarm-rate``, checked before any prediction."""
-    from pipeline.evaluation import conformal
-
-    if miss_rate is None:
-        if false_alarm_rate is not None:
-            raise InputError("`false_alarm_rate` needs `miss_rate`: the conformal thresholds are chosen together")
-        return
-    conformal.check_rate(miss_rate, "miss_rate")
-    if false_alarm_rate is not None:
-        conformal.check_rate(false_alarm_rate, "false_alarm_rate")
-    if not has_validation:
-        raise InputError(
-            "`miss_rate` needs validation data to calibrate on: give `valid_predictions` or `valid_labels`"
-        )
-
-
-def _write_conformal(evaluation: Evaluation, valid: Validation, miss_rate: float,
-                     false_alarm_rate: float | None, test_name: str, out: str | Path, n_bootstrap: int,
-                     seed: int, out_of_distribution: frozenset[str]) -> None:
-    """Calibrate on the validation labels and scores, check on the evaluated images, write and attach the result.
-
-    The risk-coverage curve abstains first on the images the guard flags, then on the least certain.
-    """
-    from pipeline.evaluation import conformal
-
-    valid_truth, valid_scores, valid_name = valid
-    guarantees = conformal.calibrate(*matrices(valid_truth, align(valid_truth, valid_scores, "validation labels",
-                                                                   "validation predictions")),
-                                     miss_rate, false_alarm_rate, calibration=valid_name)
-    y, p = matrices(evaluation.labels, evaluation.predictions)
-    conformal.check(guarantees, y, p, test=test_name, n_bootstrap=n_bootstrap, seed=seed)
-    evaluation.conformal = guarantees
-    flagged = evaluation.labels["Image"].isin(out_of_distribution).to_numpy()
-    evaluation.risk_coverage = conformal.risk_coverage(y, p, guarantees, conformal.abstention_order(p, flagged))
-    if flagged.any():
-        guarantees.abstention = conformal.OOD_FIRST
-    write_conformal(guarantees, evaluation.risk_coverage, out)
 
 
 # --- small helpers, shared with pipeline.evaluation.compare ------------------------------------------------------
@@ -618,12 +581,6 @@ def _prepared(path: str | Path) -> Any:
     return input_pipeline.open_source(path)
 
 
-def check_bootstrap(n_bootstrap: int) -> None:
-    """The one rule for a resample count: 0 (no intervals) or more."""
-    if n_bootstrap < 0:
-        raise InputError(f"`n_bootstrap` must be 0 (no intervals) or more, got {n_bootstrap}")
-
-
 def matrices(labels: pd.DataFrame, predictions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """(n, 14) labels and probabilities of aligned tables (see `pipeline.evaluation.results.align`)."""
     return labels[list(FINDINGS)].to_numpy(dtype=np.int8), predictions[list(FINDINGS)].to_numpy(dtype=np.float64)
@@ -641,7 +598,3 @@ def _missing_class(y: np.ndarray) -> str:
 
 def _concat(parts: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
-
-
-def _floats(values: np.ndarray) -> list[float | None]:
-    return [float(v) if np.isfinite(v) else None for v in values]

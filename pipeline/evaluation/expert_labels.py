@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from pipeline.core.findings import FINDINGS
 from pipeline.data import label_files
 from pipeline.evaluation import metrics
 
-GOOGLE2019 = paths.box_list().parent / "google2019_nih-chest-xray-labels.csv.gz"
+GOOGLE2019 = paths.expert_labels_file()
 REFERENCES = {"google2019": GOOGLE2019}  # names accepted by `evaluate --reference`
 MAPPING: dict[str, tuple[str, ...]] = {
     "Pneumothorax": ("Pneumothorax",),
@@ -160,6 +161,71 @@ def score(labels: pd.DataFrame, predictions: pd.DataFrame, expert: pd.DataFrame,
         per_image[f"{finding} NIH"] = y_nih[:, j]
         per_image[f"{finding} score"] = s[:, j]
     return summary, per_image
+
+
+def evaluate_reference(
+    labels_file: str | os.PathLike[str],
+    reference: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    checkpoint: str | os.PathLike[str] | None = None,
+    images: str | os.PathLike[str] | None = None,
+    predictions_file: str | os.PathLike[str] | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """What ``evaluate --reference`` does: `score` a checkpoint's (or a CSV's) predictions of the labelled images
+    that have expert labels, and write reference.json and reference-images.csv to ``out``.
+
+    ``reference`` is ``google2019`` or a CSV in its format (`reference_file`). Returns the summary as written,
+    with where its inputs came from.
+    """
+    from pipeline.core.files import sha256_of, write_csv_atomic, write_json_atomic
+    from pipeline.evaluation import bootstrap, results
+
+    if (checkpoint is None) == (predictions_file is None):
+        raise InputError("give one of `checkpoint` (a model to run) or `predictions_file` (its predictions)")
+    if checkpoint is not None and images is None:
+        raise InputError("`checkpoint` needs `images`, the folder holding the labelled images")
+    bootstrap.check_bootstrap(n_bootstrap)
+    path = reference_file(reference)
+    expert = load_expert_labels(path)
+    labels = with_expert_labels(label_files.load_labels(labels_file), expert)
+    if labels.empty:
+        raise InputError(f"{Path(labels_file).name}: none of its images has an expert label in {path.name}; "
+                         "the Google 2019 labels cover 4,376 images of the official test and validation lists")
+    skipped: dict[str, str] = {}
+    if checkpoint is not None:
+        from pipeline.inference import predict
+        from pipeline.networks import densenet
+
+        label_files.check_images_exist(labels, images, Path(labels_file).name)
+        predictions, skipped = predict.predict_table(densenet.load(checkpoint), labels, images)
+    else:
+        predictions = results.read_predictions(predictions_file)
+    summary, per_image = score(labels, predictions, expert, n_bootstrap, seed)
+    summary = {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "checkpoint": str(checkpoint) if checkpoint is not None else None,
+        "predictions_file": str(predictions_file) if predictions_file is not None else None,
+        "labels_file": str(labels_file),
+        "labels_sha256": sha256_of(labels_file),
+        "reference_file": str(_relative(path)),
+        "reference_sha256": sha256_of(path),
+        **({"skipped_images": skipped} if skipped else {}),
+        **summary,
+    }
+    write_csv_atomic(per_image, Path(out) / PER_IMAGE)
+    write_json_atomic(summary, Path(out) / RESULT)
+    return summary
+
+
+def _relative(path: Path) -> Path:
+    """``path`` relative to the working directory when it lies inside it, as the result records it."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
 
 
 def agreement(nih: np.ndarray, expert: np.ndarray) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -167,20 +168,29 @@ def brier_score(y_true: np.ndarray, y_prob: np.ndarray) -> float:
     return float(np.mean((p - y) ** 2))
 
 
-class Reliability(NamedTuple):
-    """A reliability curve: per probability bin, the mean prediction, the observed rate and the count."""
+@dataclass
+class Reliability:
+    """One finding's reliability curve over equal-width probability bins from 0 to 1, as metrics.json stores it.
 
-    bin_edges: np.ndarray  # n_bins + 1 edges from 0 to 1
-    mean_predicted: np.ndarray  # NaN for an empty bin
-    observed: np.ndarray  # fraction of positives, NaN for an empty bin
-    count: np.ndarray
+    Per bin: the mean prediction, the observed share of positives (both None for an empty bin) and the count.
+    The one type for a reliability curve: `reliability_curve` makes it, `results.Summary` stores it.
+    """
+
+    mean_predicted: list[float | None]
+    observed: list[float | None]
+    count: list[int]
+
+    @property
+    def bin_edges(self) -> np.ndarray:
+        """The ``n_bins + 1`` bin edges from 0 to 1."""
+        return np.linspace(0.0, 1.0, len(self.count) + 1)
 
 
 def reliability_curve(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = 10) -> Reliability:
     """Calibration in ``n_bins`` equal-width probability bins, binned as ``sklearn.calibration.calibration_curve``.
 
     Bins are right-closed except the first: (0.1, 0.2] and [0, 0.1]. Unlike sklearn, empty bins are kept (as
-    NaN with count 0) so that every finding has the same bins.
+    None with count 0) so that every finding has the same bins.
     """
     y, p = _binary(y_true, y_prob)
     if p.size and (p.min() < 0 or p.max() > 1):
@@ -191,7 +201,11 @@ def reliability_curve(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = 10) 
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_predicted = np.bincount(bins, weights=p, minlength=n_bins) / count
         observed = np.bincount(bins, weights=y, minlength=n_bins) / count
-    return Reliability(edges, mean_predicted, observed, count)
+
+    def floats(values: np.ndarray) -> list[float | None]:
+        return [float(v) if np.isfinite(v) else None for v in values]
+
+    return Reliability(floats(mean_predicted), floats(observed), count.tolist())
 
 
 def choose_threshold(y_true: np.ndarray, y_score: np.ndarray, target_sensitivity: float | None = None) -> float | None:

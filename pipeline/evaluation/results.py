@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.errors import InputError, first_items, reason
-from pipeline.core.files import output_folder, write_csv_atomic, write_json_atomic, write_text_atomic
+from pipeline.core.files import output_folder, staged_folder, write_csv_atomic, write_json_atomic, write_text_atomic
 from pipeline.core.findings import FINDINGS
 from pipeline.data import label_files
+from pipeline.evaluation.metrics import Reliability  # the one reliability-curve type, stored here per finding
 
 PREDICTIONS_CSV = "predictions.csv"
 LABELS_CSV = "labels.csv"
@@ -97,15 +99,6 @@ class OperatingPoint:
     fp: int
     tn: int
     fn: int
-
-
-@dataclass
-class Reliability:
-    """One finding's reliability curve over equal-width probability bins (None for an empty bin)."""
-
-    mean_predicted: list[float | None]
-    observed: list[float | None]
-    count: list[int]
 
 
 @dataclass
@@ -263,20 +256,27 @@ class SavedEvaluation:
 # --- writing ---------------------------------------------------------------------------------------------------
 
 
-def write_evaluation(evaluation: Evaluation, out_dir: str | Path) -> Path:
-    """Write an evaluation folder (see the module docstring); returns its metrics.json."""
-    out = output_folder(out_dir)
-    # A stale metrics.json would vouch for the half-replaced files below until the new one is written.
-    (out / METRICS_JSON).unlink(missing_ok=True)
-    for stale in (CONFORMAL_JSON, RISK_COVERAGE_CSV):  # an earlier evaluation's guarantees must not outlive it
-        (out / stale).unlink(missing_ok=True)
-    write_csv_atomic(evaluation.predictions, out / PREDICTIONS_CSV)
-    write_csv_atomic(label_files.to_course_format(evaluation.labels), out / LABELS_CSV)
-    write_csv_atomic(evaluation.roc, out / ROC_CSV)
-    write_csv_atomic(evaluation.pr, out / PR_CSV)
-    write_csv_atomic(evaluation.calibration, out / CALIBRATION_CSV)
-    write_json_atomic(evaluation.summary.to_json(), out / METRICS_JSON)
-    return out / METRICS_JSON
+def write_evaluation(
+    evaluation: Evaluation, out_dir: str | Path, extra: Callable[[Path], Any] | None = None
+) -> Path:
+    """Write an evaluation folder (see the module docstring), whole or not at all; returns its metrics.json.
+
+    Everything is written into a temporary folder beside ``out_dir`` first (`pipeline.core.files.staged_folder`),
+    so a full disk leaves ``out_dir`` as it was and ends in one `InputError`. ``extra(folder)`` writes the
+    optional files (subgroups, conformal) into the same temporary folder; an earlier evaluation's optional
+    files that this one does not write are removed, so they never outlive it.
+    """
+    owned = (*SUBGROUP_FILES, CONFORMAL_JSON, RISK_COVERAGE_CSV)
+    with staged_folder(out_dir, last=METRICS_JSON, replaces=owned) as out:
+        write_csv_atomic(evaluation.predictions, out / PREDICTIONS_CSV)
+        write_csv_atomic(label_files.to_course_format(evaluation.labels), out / LABELS_CSV)
+        write_csv_atomic(evaluation.roc, out / ROC_CSV)
+        write_csv_atomic(evaluation.pr, out / PR_CSV)
+        write_csv_atomic(evaluation.calibration, out / CALIBRATION_CSV)
+        if extra is not None:
+            extra(out)
+        write_json_atomic(evaluation.summary.to_json(), out / METRICS_JSON)
+    return Path(out_dir) / METRICS_JSON
 
 
 # --- reading ---------------------------------------------------------------------------------------------------

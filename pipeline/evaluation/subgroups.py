@@ -74,7 +74,7 @@ def attach_metadata(labels: pd.DataFrame, metadata_file: str | Path | None = Non
         if not path.is_file():
             raise InputError(
                 f"{path}: NIH metadata not found; the subgroup audit joins it to label files without age, sex and "
-                "view (set CHESTXRAY_NIH to the folder holding metadata/, or leave the audit out)"
+                "view (reinstall the package, which ships it in pipeline/metadata/, or leave the audit out)"
             )
         meta = pd.read_csv(path, usecols=list(METADATA_COLUMNS), dtype={"Image Index": str}).rename(
             columns=METADATA_COLUMNS)

@@ -30,6 +30,8 @@ from pipeline.inference.serving import maps_from_cams
 if TYPE_CHECKING:
     import keras
 
+OVERLAY_SIDE = 2048  # longest side of an overlay (`bounded`), which keeps its memory small for any accepted image
+
 
 def heatmaps(model: keras.Model, image: np.ndarray, full_size: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities ``[n_findings]`` and heatmaps ``[n_findings, H, W]`` in [0, 1] at the image's own size.
@@ -70,6 +72,20 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, opacity: float = 0.4) -> np.
     colors = cv2.cvtColor(cv2.applyColorMap(levels, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
     blended = (1.0 - opacity) * rgb.astype(np.float32) + opacity * colors.astype(np.float32)
     return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+
+
+def bounded(image: np.ndarray, side: int = OVERLAY_SIDE) -> np.ndarray:
+    """``image`` shrunk (area average) so that its longer side is at most ``side``; smaller images as they are.
+
+    Overlays are made on this copy: the heatmaps come from a 7 x 7 to 16 x 16 grid, so a larger overlay shows
+    nothing more, and at a 50-megapixel image's own size it would cost gigabytes (float32 RGB per finding).
+    """
+    height, width = image.shape[:2]
+    scale = side / max(height, width)
+    if scale >= 1:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 def write_overlay(rgb: np.ndarray, path: str | os.PathLike[str]) -> None:

@@ -15,8 +15,9 @@ The **baseline** is a prior map that sees no image: for an image, the mean of th
 boxes on all *other* images of the box file (leave-one-out), scored the same way. A model that localizes
 beats it; one that has only learnt where such findings usually lie does not.
 
-About 400 lines: the scores, the baseline and the run over a folder stay together so that the baseline is
-scored by exactly the code that scores the model. Reading a result back is `pipeline.explain.localization_folder`.
+The scores, the baseline and the run over a folder stay together so that the baseline is scored by exactly
+the code that scores the model. The result folder (names, writer, reader) is
+`pipeline.explain.localization_folder`.
 """
 
 from __future__ import annotations
@@ -33,20 +34,18 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.errors import InputError
-from pipeline.core.files import output_folder, sha256_of, write_bytes_atomic, write_csv_atomic, write_json_atomic
+from pipeline.core.files import sha256_of
 from pipeline.core.findings import FINDINGS
 from pipeline.data import boxes as boxes_lib
 from pipeline.data import imaging
-from pipeline.evaluation import metrics
+from pipeline.evaluation import bootstrap
+from pipeline.explain.localization_folder import Localization, gallery_name
 
 TOLERANCE_PX = 15.0  # pointing-game margin, in pixels of the 1024 px original (Zhang et al. 2016)
 IOU_LEVELS = (0.25, 0.5, 0.75)  # map thresholds for the IoU, as shares of the map's maximum
-RESULT = "localization.json"
-PER_BOX = "localization-boxes.csv"
-GALLERY = "gallery"  # folder of JPEG overlays: each box drawn over its finding's heatmap
 GALLERY_SIDE = 320  # longest side of a gallery image, pixels
 SCORES = ("pointing", "mass_share", *(f"iou_{level:g}" for level in IOU_LEVELS))
-SOURCES = ("model", "baseline")
+SOURCES = ("model", "baseline")  # of the scores; the summary adds their difference
 
 
 @dataclass(frozen=True)
@@ -221,12 +220,12 @@ def _to_frame(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def summarize(per_box: pd.DataFrame, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Per finding and overall: mean of each score for model, baseline and their difference, with 95% intervals.
 
-    Intervals resample images (all boxes of an image together) with `pipeline.evaluation.metrics.resample_indices`; each
-    is None with fewer than two images, where a bootstrap says nothing.
+    Intervals resample images (all boxes of an image together, `pipeline.evaluation.bootstrap.grouped_mean`);
+    each is None with fewer than two images, where a bootstrap says nothing.
     """
     images = pd.Index(per_box["Image"].unique())
     codes = images.get_indexer(per_box["Image"])
-    weights = _resample_weights(len(images), n_bootstrap, seed)
+    weights = bootstrap.group_weights(len(images), n_bootstrap, seed)
     groups = {finding: per_box["Finding"].to_numpy() == finding for finding in FINDINGS
               if (per_box["Finding"] == finding).any()}
     groups["overall"] = np.ones(len(per_box), bool)
@@ -239,45 +238,12 @@ def summarize(per_box: pd.DataFrame, n_bootstrap: int = 1000, seed: int = 0) -> 
             values["difference"] = values["model"] - values["baseline"]
             for source, column in values.items():
                 keep = selected & np.isfinite(column)
-                entry.setdefault(source, {})[score] = _mean_with_interval(
-                    column[keep], codes[keep], len(images), weights)
+                entry.setdefault(source, {})[score] = bootstrap.grouped_mean(column[keep], codes[keep], weights)
         result[name] = entry
     return result
 
 
-def _resample_weights(n_images: int, n_bootstrap: int, seed: int) -> np.ndarray:
-    """(n_bootstrap, n_images) multiplicities of each image in each resample."""
-    if n_bootstrap <= 0 or n_images == 0:
-        return np.zeros((0, n_images))
-    chunks = [np.apply_along_axis(np.bincount, 1, rows, minlength=n_images)
-              for rows in metrics.resample_indices(n_images, n_bootstrap, seed)]
-    return np.concatenate(chunks).astype(np.float64)
-
-
-def _mean_with_interval(values: np.ndarray, codes: np.ndarray, n_images: int, weights: np.ndarray) -> dict:
-    if values.size == 0:
-        return {"mean": None, "ci": None}
-    mean = float(values.mean())
-    if np.unique(codes).size < 2 or len(weights) == 0:
-        return {"mean": mean, "ci": None}
-    sums = np.bincount(codes, weights=values, minlength=n_images)
-    counts = np.bincount(codes, minlength=n_images).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        samples = (weights @ sums) / (weights @ counts)
-    interval = metrics.percentile_interval(samples)
-    return {"mean": mean, "ci": list(interval) if interval else None}
-
-
 # --- the whole run: images in, a result folder out ---------------------------------------------------------------
-
-
-@dataclass
-class Localization:
-    """A localization result in memory: the summary (localization.json) and one row per box."""
-
-    summary: dict[str, Any]
-    per_box: pd.DataFrame
-    gallery: dict[str, np.ndarray]  # file name -> RGB overlay with the box drawn
 
 
 def localize(heatmaps_of: Callable[[np.ndarray], tuple[Sequence[str], np.ndarray, np.ndarray]],
@@ -302,6 +268,7 @@ def localize(heatmaps_of: Callable[[np.ndarray], tuple[Sequence[str], np.ndarray
     """
     from pipeline.explain.gradcam import overlay
 
+    bootstrap.check_bootstrap(n_bootstrap)
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise InputError(f"{images_dir}: image folder not found; give the folder holding the boxed images")
@@ -391,21 +358,3 @@ def _gallery_images(image: np.ndarray, image_boxes: pd.DataFrame, maps: Mapping[
         drawn = boxes_lib.draw_boxes(blended, boxes_lib.scale_boxes(group, size), thickness=2)
         result[gallery_name(group["Image"].iloc[0], finding)] = drawn
     return result
-
-
-def gallery_name(image: str, finding: str) -> str:
-    """File name of the gallery overlay of one image and finding."""
-    return f"{Path(image).stem}-{finding}.jpg"
-
-
-def write_localization(result: Localization, out_dir: str | os.PathLike[str]) -> Path:
-    """Write the per-box CSV, the gallery, then localization.json (last, so its presence means complete)."""
-    out = output_folder(out_dir)
-    (out / RESULT).unlink(missing_ok=True)
-    write_csv_atomic(result.per_box, out / PER_BOX)
-    for name, rgb in result.gallery.items():
-        ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
-        if ok:
-            write_bytes_atomic(encoded.tobytes(), out / GALLERY / name)
-    write_json_atomic(result.summary, out / RESULT)
-    return out / RESULT

@@ -28,7 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.core.errors import InputError
+from pipeline.core.errors import InputError, reason
 from pipeline.core.files import sha256_of, write_json_atomic
 
 STATS_FILE = "typicality.npz"
@@ -50,6 +50,9 @@ THUMB = 64  # the 8 x 8 thumbnail's share of `polarity_features`
 # embedded X-rays 502 of 547 pass both; of those on 400 pictures of random grey shapes, 2 of 199.
 INVERTED_LAYOUT = 0.6
 MIRROR_SYMMETRY = 0.4
+# Largest plausible threshold: real runs have 124 (the demo run) to about 70,000 (a 40-image run); a distance of
+# 1e8 would pass features a hundred million spreads away, i.e. the guard would check nothing.
+MAX_THRESHOLD = 1e8
 
 
 @dataclass(frozen=True)
@@ -148,12 +151,17 @@ def judge(decoded: np.ndarray, gray: np.ndarray, pooled: np.ndarray | None, stat
     """
     score = None if stats is None or pooled is None else float(stats.score(pooled)[0])
     why = pixel_reason(decoded)
+    if why is None and pooled is not None and not np.all(np.isfinite(pooled)):
+        why = "the model's features are not finite numbers (NaN or infinity); the model files are damaged"
+    if why is None and score is not None and not math.isfinite(score):
+        why = "its typicality is not a finite number; the model or its statistics are damaged"
     if why is None and stats is not None:
         why = _polarity_reason(stats, gray)
     if why is None and score is not None and score < 1.0:
         why = (f"its features are unlike the training X-rays' (typicality {score:.2f}, below 1); "
                "expect a frontal chest X-ray like the NIH images")
-    return Verdict(why is None, None if score is None else round(score, 4), why)
+    shown = None if score is None or not math.isfinite(score) else round(score, 4)
+    return Verdict(why is None, shown, why)
 
 
 def _polarity_reason(stats: Typicality, gray: np.ndarray) -> str | None:
@@ -235,8 +243,8 @@ def save(stats: Typicality, run_dir: str | os.PathLike[str], info: dict) -> Path
     tmp = run_dir / f".{STATS_FILE}.{os.getpid()}.tmp.npz"
     try:
         np.savez(tmp, mean=stats.mean, components=stats.components, variances=stats.variances,
-                 residual_variance=stats.residual_variance, polarity_weights=stats.polarity_weights,
-                 polarity_bias=stats.polarity_bias)
+                 threshold=stats.threshold, residual_variance=stats.residual_variance,
+                 polarity_weights=stats.polarity_weights, polarity_bias=stats.polarity_bias)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -248,20 +256,63 @@ def save(stats: Typicality, run_dir: str | os.PathLike[str], info: dict) -> Path
 
 def load(run_dir: str | os.PathLike[str]) -> Typicality | None:
     """The run's statistics, or None when it has none or they were fitted to other weights than its checkpoint's
-    (then only the pixel checks apply: features of another model would be judged against the wrong cloud)."""
+    (then only the pixel checks apply: features of another model would be judged against the wrong cloud;
+    `unavailable` says which). `InputError` naming the bad file when either file is damaged or implausible."""
+    run_dir = Path(run_dir)
+    if unavailable(run_dir) is not None:
+        return None
+    info = _info(run_dir)
+    fix = "rerun `python -m pipeline export`"
+    try:
+        with np.load(run_dir / STATS_FILE) as arrays:
+            stats = Typicality(arrays["mean"], arrays["components"], arrays["variances"],
+                               float(arrays["residual_variance"]), 1.0,
+                               arrays["polarity_weights"], float(arrays["polarity_bias"]))
+            recorded = float(arrays["threshold"]) if "threshold" in arrays.files else None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{run_dir / STATS_FILE}: unreadable typicality statistics ({reason(exc)}); {fix}") from None
+    arrays_ok = all(np.all(np.isfinite(a)) for a in (stats.mean, stats.components, stats.variances,
+                                                        stats.polarity_weights))
+    if not (arrays_ok and np.all(stats.variances > 0) and stats.residual_variance > 0
+            and math.isfinite(stats.polarity_bias) and stats.components.shape[1:] == stats.mean.shape):
+        raise InputError(f"{run_dir / STATS_FILE}: damaged typicality statistics (non-finite or inconsistent); {fix}")
+    threshold = info.get("threshold")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= MAX_THRESHOLD:
+        raise InputError(
+            f"{run_dir / INFO_FILE}: threshold {threshold!r} is not a distance between 0 and {MAX_THRESHOLD:.0e} "
+            f"(at that the guard would pass everything or nothing); {fix}"
+        )
+    if recorded is not None and not math.isclose(recorded, threshold, rel_tol=1e-9):
+        raise InputError(
+            f"{run_dir / INFO_FILE}: threshold {threshold!r} differs from the {recorded!r} stored in {STATS_FILE} "
+            f"(edited by hand?); {fix}"
+        )
+    return replace(stats, threshold=float(threshold))
+
+
+def unavailable(run_dir: str | os.PathLike[str]) -> str | None:
+    """Why the run has no usable typicality statistics (so only the pixel checks guard its images), or None."""
     run_dir = Path(run_dir)
     if not ((run_dir / STATS_FILE).is_file() and (run_dir / INFO_FILE).is_file()):
-        return None
+        return f"the run has no typicality statistics ({INFO_FILE}); `python -m pipeline export` adds them"
+    info = _info(run_dir)
+    checkpoint = run_dir / str(info.get("checkpoint", "best.keras"))
+    if "checkpoint_sha256" in info and checkpoint.is_file() and sha256_of(checkpoint) != info["checkpoint_sha256"]:
+        return (f"{INFO_FILE} was fitted to other weights than {checkpoint.name}; "
+                "rerun `python -m pipeline export` to refit it")
+    return None
+
+
+def _info(run_dir: Path) -> dict:
+    path = run_dir / INFO_FILE
     try:
-        info = json.loads((run_dir / INFO_FILE).read_text())
-        checkpoint = run_dir / str(info.get("checkpoint", "best.keras"))
-        if "checkpoint_sha256" in info and checkpoint.is_file() and sha256_of(checkpoint) != info["checkpoint_sha256"]:
-            return None
-        with np.load(run_dir / STATS_FILE) as arrays:
-            return Typicality(arrays["mean"], arrays["components"], arrays["variances"],
-                              float(arrays["residual_variance"]), float(info["threshold"]),
-                              arrays["polarity_weights"], float(arrays["polarity_bias"]))
-    except (OSError, ValueError, KeyError) as exc:
-        raise InputError(
-            f"{run_dir / STATS_FILE}: unreadable typicality statistics ({exc}); rerun `python -m pipeline export`"
-        ) from None
+        info = json.loads(path.read_text(), parse_constant=_no_constant)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: unreadable ({reason(exc)}); rerun `python -m pipeline export`") from None
+    if not isinstance(info, dict):
+        raise InputError(f"{path}: expected a JSON object; rerun `python -m pipeline export`")
+    return info
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows")

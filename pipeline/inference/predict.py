@@ -1,9 +1,18 @@
-"""Probabilities of the 14 findings for images, image files and label tables (the CLI's ``predict`` prints them).
+"""Probabilities of the 14 findings from a Keras checkpoint, in bulk: labelled tables, prepared folders, files.
+
+Which module runs the model, for what:
+
+- here (`predict_table`, `predict_prepared`, `predict_paths`, `predict_images`): probabilities only, from the
+  ``.keras`` checkpoint, for many images at once: what `evaluate`, `evaluate --reference` and the tests use;
+- `pipeline.inference.serving` (`load_predictor`, `analyse`): one image or a few, as the ``predict`` command
+  and the Predict page answer: probabilities, Grad-CAM heatmaps and the out-of-distribution verdict from one
+  forward pass of the ONNX export (the checkpoint in Keras when the export is missing or stale);
+- `pipeline.explain.gradcam.heatmaps`: Grad-CAM maps of a Keras model (what `localize` scores);
+- `pipeline.training.loop`: the validation pass of training, inside the distribution strategy.
 
 Images are decoded by `pipeline.data.imaging.load_image` and resized with `pipeline.data.imaging.resize` to the
-checkpoint's input size; everything else (channels, normalisation) happens inside the model. The command
-answers from the checkpoint's export (`pipeline.inference.serving`) when there is a current one, so this module
-imports TensorFlow (through `pipeline.networks.densenet`) only inside the functions that run a Keras model.
+checkpoint's input size; everything else (channels, normalisation) happens inside the model. TensorFlow is
+imported (through `pipeline.networks.densenet`) only inside the functions that run the model.
 """
 
 from __future__ import annotations

@@ -5,16 +5,18 @@
 constants, and the graph returns the probabilities, the last feature maps (``relu``) and the 14 class
 activation maps, so the Grad-CAM heatmaps (`maps_from_cams`; `explain.gradcam` holds the maths and the
 overlay) and the typicality score (`inference.ood`) come from the same forward pass. `load_predictor` runs
-that export with ONNX Runtime when it was made from the checkpoint as it is now (its SHA-256 is recorded),
-and otherwise falls back to the checkpoint in Keras: the checkpoint stays the source of truth. TensorFlow is
-imported only by `export` and the fallback.
+that export with ONNX Runtime when it was made from the checkpoint as it is now (its SHA-256 is recorded)
+and its own bytes match the SHA-256 recorded at export (else it is refused: altered or damaged), and
+otherwise falls back to the checkpoint in Keras, saying so: the checkpoint stays the source of truth.
+TensorFlow is imported only by `export` and the fallback.
 
-About 350 lines: the export, the two predictors and the statistics pass share one contract (the export's
-outputs and its info file), which is easiest to check in one place.
+About 400 lines: the export, its verification (the recorded SHA-256, finite outputs), the two predictors and the
+statistics pass share one contract (the export's outputs and its info file), easiest to check in one place.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -54,6 +56,7 @@ class Predictor:
     names: list[str]
     input_size: int
     source: str  # "onnx" or "keras", for messages and benchmarks
+    note: str | None = None  # why this is not the predictor one would expect (a stale export), to tell the user
 
     def forward(self, images: Sequence[np.ndarray]) -> Forward:
         """Probabilities, pooled features and class activation maps of H x W uint8 gray images (any size)."""
@@ -65,7 +68,17 @@ class Predictor:
         if not batches:
             return Forward(np.zeros((0, len(self.names)), np.float32), np.zeros((0, 0), np.float32),
                            np.zeros((0, 0, 0, len(self.names)), np.float32))
-        return Forward(*(np.concatenate(parts) for parts in zip(*batches, strict=True)))
+        forward = Forward(*(np.concatenate(parts) for parts in zip(*batches, strict=True)))
+        if not all(np.all(np.isfinite(part)) for part in forward):  # never shown as probabilities, never judged
+            raise InputError(
+                f"{self.describe()} returned non-finite outputs (NaN or infinity); its weights are damaged: "
+                "restore the checkpoint and rerun `python -m pipeline export`"
+            )
+        return forward
+
+    def describe(self) -> str:
+        """The model file answering, for messages."""
+        return str(getattr(self, "path", "the model"))
 
     def _run(self, x: np.ndarray) -> Forward:
         raise NotImplementedError
@@ -81,8 +94,15 @@ class OnnxPredictor(Predictor):
 
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only: the command line prints this project's lines
+        # the bytes that are hashed are the bytes that are served: no window to swap the file in between
+        content = imaging.read_regular_file(os.fspath(path))
+        if hashlib.sha256(content).hexdigest() != info.get("model_sha256"):
+            raise InputError(
+                f"{path}: differs from the export recorded in {path.name}.json (SHA-256 mismatch: altered or "
+                "damaged); rerun `python -m pipeline export`, or delete both files to answer from the checkpoint"
+            )
         try:
-            self._session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self._session = onnxruntime.InferenceSession(content, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for a corrupt file
             raise InputError(
                 f"{path}: cannot load the exported model ({reason(exc)}); rerun `python -m pipeline export`"
@@ -101,12 +121,14 @@ class KerasPredictor(Predictor):
 
     source = "keras"
 
-    def __init__(self, model: keras.Model) -> None:
+    def __init__(self, model: keras.Model, path: Path | None = None) -> None:
         import keras
 
         from pipeline.networks import densenet as model_lib
 
         self.model = model
+        if path is not None:
+            self.path = path
         self.names = model_lib.finding_names(model)
         self.input_size = model_lib.input_size(model)
         self._function = model_lib.inference_function(model)
@@ -335,29 +357,47 @@ def export(model: keras.Model, checkpoint: str | os.PathLike[str]) -> Path:
 
 def exported(checkpoint: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]] | None:
     """The export of ``checkpoint`` and its info, or None when there is none or it was made from other weights."""
+    found = _export_or_why(Path(checkpoint))
+    return found if isinstance(found, tuple) else None
+
+
+def _export_or_why(checkpoint: Path) -> tuple[Path, dict[str, Any]] | str | None:
+    """The current export and its info; else why an export there is not served (a note), or None without one."""
     model_path, info_path = export_paths(checkpoint)
-    if not (model_path.is_file() and info_path.is_file()):
+    if not (model_path.exists() or info_path.exists()):
         return None
+    if not (model_path.is_file() and info_path.is_file()):
+        return f"the export is incomplete ({model_path.name} and {info_path.name} go together)"
     try:
         info = json.loads(info_path.read_text())
-    except (OSError, ValueError):
-        return None
-    if info.get("format") != FORMAT or info.get("checkpoint_sha256") != sha256_of(checkpoint):
-        return None
+    except (OSError, ValueError) as exc:
+        return f"{info_path.name} is unreadable ({reason(exc)})"
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        return f"{info_path.name} does not describe an {FORMAT} export"
+    if info.get("checkpoint_sha256") != sha256_of(checkpoint):
+        return f"{model_path.name} was exported from other weights than {checkpoint.name} (stale)"
     return model_path, info
 
 
 def load_predictor(checkpoint: str | os.PathLike[str], use_export: bool = True) -> Predictor:
-    """The export of ``checkpoint`` in ONNX Runtime when it is current, else the checkpoint in Keras."""
+    """The export of ``checkpoint`` in ONNX Runtime when it is current, else the checkpoint in Keras.
+
+    An export whose bytes differ from the hash recorded at export is refused (`InputError`), never served and
+    never silently replaced; a stale or incomplete one falls back to the checkpoint with ``note`` saying so.
+    """
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise InputError(f"{checkpoint}: checkpoint not found; give a .keras checkpoint written by `train`")
-    found = exported(checkpoint) if use_export else None
-    if found is not None:
+    found = _export_or_why(checkpoint) if use_export else None
+    if isinstance(found, tuple):
         return OnnxPredictor(*found)
     from pipeline.networks import densenet as model_lib
 
-    return KerasPredictor(model_lib.load(checkpoint))
+    predictor = KerasPredictor(model_lib.load(checkpoint), checkpoint)
+    if found is not None:
+        predictor.note = (f"{found}: answering from {checkpoint.name} in TensorFlow (slower); "
+                          "rerun `python -m pipeline export` on the run to serve the export again")
+    return predictor
 
 
 def _rename(proto: Any, old: list[str], new: list[str]) -> None:

@@ -115,6 +115,29 @@ def read_for_resume(out: Path, config: dict[str, Any], log: Callable[[str], Any]
     return state
 
 
+def check_same_data(out: Path, train_sha256: str, valid_sha256: str, use: str) -> str | None:
+    """Refuse (`InputError`) label files other than the ones run ``out`` was trained on, by their SHA-256.
+
+    ``use`` names what needs them (``export``: its typicality threshold is fitted to them, so other images
+    would move it, e.g. from 66,133 to 179). Returns a warning instead when the run records no hashes (a
+    run folder made by hand or by an older version), since then there is nothing to check against.
+    """
+    if not (out / CONFIG).is_file():
+        return f"{out} has no {CONFIG}: cannot check that these are the run's own training and validation labels"
+    saved = read_json(out / CONFIG)
+    for part, what, given in (("train", "training", train_sha256), ("valid", "validation", valid_sha256)):
+        key = f"{part}_sha256"
+        if key not in saved:
+            return f"{out / CONFIG} records no {key}: cannot check that these are the run's own {what} labels"
+        if saved[key] != given:
+            recorded = saved.get(part, "as recorded there")
+            raise InputError(
+                f"{use}: these {what} labels differ from the ones run {out} was trained with (SHA-256 in "
+                f"{CONFIG}); give the run's own {what} labels ({recorded})"
+            )
+    return None
+
+
 def best_needs_rewrite(state: dict[str, Any] | None) -> bool:
     """A crash between ``state.json`` and ``best.keras`` leaves the old best; its checkpoint is then still kept."""
     if state is None or state["best_epoch"] == 0:

@@ -58,14 +58,6 @@ def run_evaluations(run_dir: str | Path) -> tuple[Path, ...]:
     return tuple(sorted(p.parent for p in Path(run_dir).glob("*/metrics.json")))
 
 
-def headline_evaluation(evaluations: tuple[Path, ...] | list[Path]) -> Path | None:
-    """The evaluation a run is judged by: on the test set (``eval-test``), else its first, else None."""
-    for path in evaluations:
-        if path.name == "eval-test":
-            return path
-    return evaluations[0] if evaluations else None
-
-
 def find_evaluations(artifacts: str | Path) -> list[Path]:
     """Every folder under ``artifacts`` that holds a ``metrics.json``, sorted by path."""
     return sorted(path.parent for path in Path(artifacts).rglob("metrics.json"))
@@ -90,3 +82,30 @@ def read_history(run_dir: str | Path) -> pd.DataFrame | None:
         raise InputError(f"{path}: no 'epoch' column; expected the history.csv written by `python -m pipeline train`")
     return history
 
+
+
+# --- which run and which evaluation the dashboard shows first -------------------------------------------------
+
+HEADLINE_EVALUATION = "eval-test"  # the evaluation folder a run is judged by, when it has one
+
+
+def default_run(found: list[Run]) -> Run | None:
+    """The run to show first: the shipped demo run, else the first with a checkpoint and an evaluation, else the
+    first with a checkpoint, else the first; None when there is none."""
+    for wanted in (
+        lambda r: r.name == DEMO_RUN and r.checkpoint,
+        lambda r: r.checkpoint and r.evaluations,
+        lambda r: r.checkpoint,
+    ):
+        for run in found:
+            if wanted(run):
+                return run
+    return found[0] if found else None
+
+
+def headline_evaluation(run: Run) -> Path | None:
+    """The evaluation a run is judged by: on the test set (`HEADLINE_EVALUATION`), else its first, else None."""
+    for path in run.evaluations:
+        if path.name == HEADLINE_EVALUATION:
+            return path
+    return run.evaluations[0] if run.evaluations else None

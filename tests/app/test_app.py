@@ -101,6 +101,22 @@ def metric(at, label: str) -> str:
     return next(m.value for m in at.metric if m.label == label)
 
 
+def charts(at) -> list[str]:
+    """What each Plotly chart of the page shows, in order: its title, else its y axis's title."""
+    shown = []
+    for chart in at.get("plotly_chart"):
+        layout = json.loads(chart.proto.spec)["layout"]
+        title = layout.get("title", {}).get("text") or layout.get("yaxis", {}).get("title", {}).get("text")
+        shown.append(title)
+    return shown
+
+
+PERFORMANCE_CHARTS = [  # one evaluation, all findings: ROC, PR and calibration curves, then the run's history
+    "True positive rate (sensitivity)", "Precision (PPV)", "Observed share of positives", "Loss per epoch",
+    "Validation mean AUC per epoch",
+]
+
+
 def text(at) -> str:
     """All markdown, captions and alerts of the page, to search for sentences."""
     parts = [e.value for kind in ("markdown", "caption", "info", "success", "error", "warning", "code") for e in
@@ -200,7 +216,8 @@ def test_leakage_verdict_follows_the_chosen_files(app):
 def test_class_balance_weights_equalise_contributions(app):
     open_page(app, "balance")
     assert metric(app, "Images in the training file") == "439"  # the run's training file, train-small.csv
-    assert len(app.get("plotly_chart")) == 2
+    assert charts(app) == ["Frequency of positive and negative labels",
+                           "Contribution of positive and negative images to the loss"]
     box = widget(app.selectbox, "Training file")
     box.set_value("test.csv").run()
     assert metric(app, "Images in the training file") == "55"
@@ -211,13 +228,13 @@ def test_performance_curves_comparison_and_refusal(app):
     assert widget(app.multiselect, "Evaluations").value == ["runs/tiny/eval-test"]
     table = app.dataframe[0].value
     assert table.loc[0, "Images"] == 55 and table.loc[0, "Labels file"].endswith("test.csv")
-    assert len(app.get("plotly_chart")) >= 3
+    assert charts(app) == PERFORMANCE_CHARTS
     assert "55 images of" in text(app)
 
     widget(app.selectbox, "Finding").set_value("Infiltration").run()  # 11 positives in test.csv
     widget(app.multiselect, "Evaluations").set_value(["runs/tiny/eval-test", "runs/noisy-labels/eval-test"]).run()
     assert not app.exception
-    comparison = app.dataframe[-1].value
+    comparison = next(d.value for d in app.dataframe if "p_value" in d.value.columns)  # the Comparison tab's
     assert set(comparison["finding"]) == {"Infiltration", "mean"}
     p_value = comparison.loc[comparison["finding"] == "Infiltration", "p_value"].iloc[0]
     assert 0 <= p_value <= 1
@@ -247,6 +264,29 @@ def test_predict_sample_upload_and_corrupt_file(app):
     assert "broken.png" in message and "\n" not in message
     app.file_uploader[0].set_value(None).run()  # back to the sample image: the page still works
     assert not app.error and len(app.image) == 2
+
+
+def test_predict_shows_no_server_paths_skips_special_files_and_states_the_upload_limit(artifacts, tmp_path,
+                                                                                      monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    os.symlink(IMAGES / "00000001_000.png", folder / "00000001_000.png")
+    os.mkfifo(folder / "00000002_000.png")  # a page that opened it would block for ever
+    monkeypatch.setenv("CHESTXRAY_ARTIFACTS", str(artifacts))
+    monkeypatch.setenv("CHESTXRAY_IMAGES", str(folder))
+    monkeypatch.chdir(REPO)
+    at = AppTest.from_file(MAIN, default_timeout=TIMEOUT)
+    at.run()
+    open_page(at, "predict")
+    page = text(at)
+    assert "$CHESTXRAY_ARTIFACTS/runs/tiny/best.keras" in page
+    for where in (str(artifacts), str(tmp_path)):
+        assert where not in page, page[page.find(where) - 300 : page.find(where) + 100]
+    picker = widget(at.selectbox, "Or pick an image")
+    assert picker.options == ["00000001_000.png"] and "not regular files: 00000002_000.png" in picker.help
+    assert "Up to 100 MB" in at.get("file_uploader")[0].help
 
 
 # --- damaged artifacts: one error frame ---------------------------------------------------------------------------
@@ -303,8 +343,9 @@ def test_damaged_artifacts_never_end_a_page_in_a_traceback(artifacts, tmp_path, 
     elif page == "performance":
         if kind == "corrupt-metrics":  # the test evaluation is unreadable: the others are offered
             assert "runs/tiny/eval-valid" in widget(at.multiselect, "Evaluations").options
-        else:
-            assert len(at.get("plotly_chart")) >= 3
+        else:  # the curves always; the training history unless its history.csv is the broken file
+            history = [] if kind == "truncated-history" else PERFORMANCE_CHARTS[3:]
+            assert charts(at) == PERFORMANCE_CHARTS[:3] + history
     elif page == "predict":
         if kind == "missing-checkpoint":
             assert "has no checkpoint" in body

@@ -158,3 +158,13 @@ def test_split_around_the_official_test_list(tmp_path):
     assert leaky.returncode == 2 and "not patient-wise" in leaky.stderr
     bad = run("split", "--labels", METADATA, "--test-list", tmp_path / "nowhere.txt", "--out", tmp_path / "x")
     assert bad.returncode == 2 and "split list not found" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_a_closed_stdout_ends_quietly():
+    """`stats --json | head`: the reader leaves before the output is written; no traceback, nothing on stderr."""
+    child = subprocess.Popen([sys.executable, "-m", "pipeline", "stats", "--labels", NIH / "sample_labels.csv",
+                              "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    child.stdout.close()  # as `head` does once it has its lines
+    err = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 1
+    assert err == "", err

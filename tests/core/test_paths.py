@@ -13,8 +13,9 @@ def test_defaults_are_the_checkout(monkeypatch):
     assert paths.REPO_ROOT == REPO
     assert paths.nih_dir() == NIH and paths.artifacts_dir() == paths.default_artifacts_dir() == REPO / "artifacts"
     for path in (paths.metadata_file(), paths.train_val_list(), paths.test_list(), paths.box_list(),
-                 paths.sample_labels(), paths.label_file("test.csv")):
+                 paths.expert_labels_file(), paths.sample_labels(), paths.label_file("test.csv")):
         assert path.is_file(), path
+    assert (NIH / "metadata").resolve() == paths.METADATA_DIR  # the checkout's nih/metadata is the package's
     assert len(list(paths.images_dir().glob("*.png"))) == 549
 
 
@@ -22,7 +23,7 @@ def test_environment_moves_them(monkeypatch, tmp_path):
     monkeypatch.setenv(paths.NIH_ENV, str(tmp_path / "nih"))
     monkeypatch.setenv(paths.ARTIFACTS_ENV, str(tmp_path / "artifacts"))
     assert paths.artifacts_dir() == tmp_path / "artifacts"
-    assert paths.metadata_file() == tmp_path / "nih" / "metadata" / "Data_Entry_2017_v2020.csv.gz"
+    assert paths.metadata_file() == REPO / "pipeline" / "metadata" / "Data_Entry_2017_v2020.csv.gz"  # package data
     assert paths.images_dir() == tmp_path / "nih" / "images"
     monkeypatch.setenv(paths.ARTIFACTS_ENV, "")  # empty counts as unset
     assert paths.artifacts_dir() == REPO / "artifacts"

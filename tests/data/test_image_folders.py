@@ -46,3 +46,14 @@ def test_boxes_are_drawn_at_the_images_scale():
     x, y = round(329.41 / 4), round(399.85 / 4)
     assert tuple(drawn[y, x + 20]) == boxes.COLORS["Cardiomegaly"]  # the top edge, scaled by 256 / 1024
     assert (image_folders.with_boxes(gray, "not-boxed.png", box_list) == 0).all()
+
+
+def test_a_fifo_in_the_folder_is_skipped_and_listed_never_opened(tmp_path, monkeypatch):
+    os.symlink(NIH / "boxed" / "00009745_000.png", tmp_path / "00009745_000.png")
+    os.mkfifo(tmp_path / "00000001_000.png")
+    os.symlink(tmp_path / "gone.png", tmp_path / "dangling.png")
+    listed = image_folders.list_images([tmp_path])
+    assert list(listed) == ["00009745_000.png"]
+    assert listed.skipped == ["00000001_000.png", "dangling.png"]
+    with pytest.raises(InputError, match="FIFO"):  # even if a page asks for it by name, it is refused at once
+        image_folders.thumbnail(tmp_path / "00000001_000.png")

@@ -6,6 +6,7 @@ All inputs are real: NIH originals from tests/fixtures, and PNG/JPEG/DICOM files
 from __future__ import annotations
 
 import io
+import os
 import resource
 import struct
 import sys
@@ -14,11 +15,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from dicom_files import dicom_bytes
 from pydicom.encaps import encapsulate
-from pydicom.uid import JPEG2000, ExplicitVRLittleEndian, JPEGLSLossless, generate_uid
+from pydicom.uid import JPEG2000, ExplicitVRLittleEndian, JPEGLSLossless
 
 from pipeline.core.errors import InputError
 from pipeline.data.imaging import load_image, resize
@@ -26,7 +26,6 @@ from pipeline.data.imaging import load_image, resize
 DATA = Path(__file__).resolve().parents[1] / "fixtures"
 GRAY_PNG = DATA / "00000001_000.png"  # 1024x1024 8-bit gray NIH original
 RGBA_PNG = DATA / "00000100_000.png"  # 1024x1024 RGBA NIH original (NIH ships some like this)
-DX_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 
 
 @pytest.fixture(scope="module")
@@ -54,36 +53,6 @@ def min_max(values: np.ndarray) -> np.ndarray:
 def write_png(path: Path, image: np.ndarray) -> Path:
     assert cv2.imwrite(str(path), image)
     return path
-
-
-def dicom_bytes(
-    pixels: np.ndarray | None,
-    photometric: str = "MONOCHROME2",
-    syntax: str = ExplicitVRLittleEndian,
-    **elements: object,
-) -> bytes:
-    """A DICOM Part 10 file (preamble + DICM) holding `pixels` uncompressed, or no PixelData if None."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = DX_SOP_CLASS
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = syntax
-    ds.SOPClassUID = DX_SOP_CLASS
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.PhotometricInterpretation = photometric
-    ds.SamplesPerPixel = 1
-    if pixels is not None:
-        ds.Rows, ds.Columns = pixels.shape[:2]
-        ds.BitsAllocated = ds.BitsStored = pixels.dtype.itemsize * 8
-        ds.HighBit = ds.BitsStored - 1
-        ds.PixelRepresentation = 0
-        ds.PixelData = pixels.tobytes()
-    for keyword, value in elements.items():
-        setattr(ds, keyword, value)
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 # --- formats that decode -------------------------------------------------------------------------------------
@@ -310,3 +279,43 @@ def test_resize_shrinks_with_area_and_grows_with_linear(gray: np.ndarray) -> Non
     big = resize(gray[:64, :64], 128)
     assert big.shape == (128, 128) and big.dtype == np.uint8
     np.testing.assert_array_equal(big, cv2.resize(gray[:64, :64], (128, 128), interpolation=cv2.INTER_LINEAR))
+
+
+def unblocked(fifo: Path, call) -> object:
+    """``call()`` run in a thread that must finish within 10 s; the FIFO is opened for writing afterwards, so a
+    reader blocked on it (the defect) is released instead of hanging the test session."""
+    import threading
+
+    outcome: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = call()
+        except Exception as exc:  # noqa: BLE001 - handed to the test below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(10)
+    blocked = thread.is_alive()
+    if blocked:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(10)
+    assert not blocked, f"blocked on the FIFO {fifo}"
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome.get("value")
+
+
+def test_fifo_is_refused_at_once_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "scan.png"
+    os.mkfifo(fifo)
+    message = unblocked(fifo, lambda: refused(fifo))
+    assert "scan.png" in message and "FIFO" in message and "regular file" in message
+
+
+def test_symlink_loop_is_reported_as_a_loop(tmp_path: Path) -> None:
+    (tmp_path / "a.png").symlink_to(tmp_path / "b.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "a.png")
+    message = refused(tmp_path / "a.png")
+    assert "loop" in message and "permission" not in message

@@ -85,6 +85,7 @@ def test_non_binary_label_names_column_and_row(tmp_path):
     frame.to_csv(path, index=False)
     message = _error(path)
     assert "'Edema'" in message and "row 8" in message and "0 or 1" in message
+    assert "value 2;" in message and "np." not in message
 
 
 def test_duplicate_image_names_both_rows(tmp_path):
@@ -140,3 +141,23 @@ def test_written_split_reloads_identically(tmp_path):
     assert again["Image"].tolist() == parts["valid"]["Image"].tolist()
     assert (again[list(FINDINGS)].to_numpy() == parts["valid"][list(FINDINGS)].to_numpy()).all()
 
+
+
+@pytest.mark.parametrize("fmt", ["course", "nih"])
+def test_patient_id_na_is_an_id_and_only_an_empty_cell_is_missing(tmp_path, fmt):
+    if fmt == "course":
+        frame, column = _course_frame(), "PatientId"
+    else:
+        frame, column = pd.read_csv(NIH / "sample_labels.csv").head(5), "Patient ID"
+    frame[column] = frame[column].astype(object)
+    frame.loc[0, column], frame.loc[1, column] = "NA", "null"
+    path = tmp_path / "labels.csv"
+    frame.to_csv(path, index=False)
+    table = load_labels(path)
+    assert list(table["PatientId"][:2]) == ["NA", "null"]
+    with gzip.open(tmp_path / "labels.csv.gz", "wb") as handle:
+        handle.write(path.read_bytes())
+    assert list(load_labels(tmp_path / "labels.csv.gz")["PatientId"][:2]) == ["NA", "null"]
+    frame.loc[2, column] = ""
+    frame.to_csv(path, index=False)
+    assert "row 4 is empty" in _error(path)

@@ -104,7 +104,9 @@ def test_a_finding_without_positives_is_null_not_a_crash(tmp_path, capsys):
     for key in ("auc", "auc_ci", "average_precision"):
         assert summary[key]["Hernia"] is None
     assert summary["at_threshold"]["Hernia"]["sensitivity"] is None
-    assert summary["at_threshold"]["Hernia"]["specificity"] is not None
+    hernia = pd.read_csv(predictions)["Hernia"]  # every image is negative: specificity = share below 0.5
+    assert summary["at_threshold"]["Hernia"]["specificity"] == pytest.approx((hernia < 0.5).mean())
+    assert summary["at_threshold"]["Hernia"]["fp"] == int((hernia >= 0.5).sum())
     assert any(note.startswith("Hernia: no positive image") for note in summary["notes"])
     others = [summary["auc"][f] for f in FINDINGS if f != "Hernia"]
     assert summary["mean_auc"] == pytest.approx(np.mean(others))

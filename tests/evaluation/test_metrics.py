@@ -59,11 +59,12 @@ def test_reliability_bins_match_sklearn_calibration_curve(seed, tied):
     y = np.r_[y, 0, 1, 0, 1]
     curve = metrics.reliability_curve(y, s, n_bins=10)
     prob_true, prob_pred = calibration_curve(y, s, n_bins=10)
-    filled = curve.count > 0
-    np.testing.assert_allclose(curve.observed[filled], prob_true, atol=1e-12)
-    np.testing.assert_allclose(curve.mean_predicted[filled], prob_pred, atol=1e-12)
-    assert curve.count.sum() == len(y)
-    assert np.isnan(curve.observed[~filled]).all()
+    count, observed = np.array(curve.count), np.array(curve.observed, dtype=float)  # None (empty bin) -> NaN
+    filled = count > 0
+    np.testing.assert_allclose(observed[filled], prob_true, atol=1e-12)
+    np.testing.assert_allclose(np.array(curve.mean_predicted, dtype=float)[filled], prob_pred, atol=1e-12)
+    assert count.sum() == len(y) and len(curve.bin_edges) == 11
+    assert all(value is None for value, n in zip(curve.observed, count, strict=True) if n == 0)
 
 
 def test_perfect_and_constant_scores():

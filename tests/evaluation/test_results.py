@@ -107,3 +107,47 @@ def test_threshold_sources_parse_back_to_their_key_and_read_as_words(key, source
 def test_unknown_threshold_source():
     with pytest.raises(ValueError):
         ThresholdSource.parse("chosen_by_hand")
+
+
+def disk_fills_after(monkeypatch, writes: int) -> None:
+    """A stand-in for a disk that fills up: the ``writes + 1``-th file flushed to disk fails with ENOSPC."""
+    import errno
+    import os
+
+    from pipeline.core import files
+
+    real, count = os.fsync, {"n": 0}
+
+    def fsync(fd):
+        count["n"] += 1
+        if count["n"] > writes:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_full_disk_leaves_the_evaluation_folder_whole_or_absent(evaluated, tmp_path, monkeypatch, capsys,
+                                                                  existing):
+    from conftest import TEST_LABELS, assert_one_line_error, run_main
+
+    _, predictions = evaluated
+    out = tmp_path / "eval"
+    if existing:
+        shutil.copytree(evaluated[0], out)
+        (out / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in out.iterdir()} if existing else None
+    disk_fills_after(monkeypatch, 3)
+    code, _, err = run_main(capsys, "evaluate", "--predictions", predictions, "--labels", TEST_LABELS, "--out", out,
+                            "--bootstrap", "20", "--plots")
+    assert_one_line_error(code, err, str(out), "No space left on device")
+    assert [p.name for p in tmp_path.iterdir()] == (["eval"] if existing else [])  # no temporary folder left
+    if existing:
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the earlier evaluation, untouched
+    monkeypatch.undo()
+    code, _, _ = run_main(capsys, "evaluate", "--predictions", predictions, "--labels", TEST_LABELS, "--out", out,
+                          "--bootstrap", "20", "--plots")
+    assert code == 0 and results.read_evaluation(out).summary.n_images == 55
+    assert (out / "roc.html").is_file() and (out / "notes.txt").is_file() == existing
+    assert [p.name for p in tmp_path.iterdir()] == ["eval"]

@@ -245,7 +245,9 @@ def test_without_the_metadata_evaluate_still_works_and_says_why_there_is_no_audi
     from conftest import run_main, write_predictions
 
     predictions = write_predictions(TEST_LABELS, tmp_path / "preds.csv")
-    monkeypatch.setenv("CHESTXRAY_NIH", str(tmp_path / "nowhere"))
+    from pipeline.core import paths
+
+    monkeypatch.setattr(paths, "METADATA_DIR", tmp_path / "nowhere")  # as if the package lacked its metadata
     code, _, err = run_main(capsys, "evaluate", "--predictions", predictions, "--labels", TEST_LABELS,
                             "--out", tmp_path / "eval", "--bootstrap", "0")
     assert code == 0, err

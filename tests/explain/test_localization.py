@@ -119,7 +119,9 @@ def boxed_run(small_checkpoint, tmp_path_factory):
 
 
 def test_real_run_on_the_boxed_images_writes_a_complete_result(boxed_run):
-    summary, per_box = localization_folder.read_result(boxed_run)
+    result = localization_folder.read_localization(boxed_run)
+    summary, per_box = result.summary, result.per_box
+    assert result.score_names() == list(localization.SCORES)
     assert summary["n_images"] == 6 and summary["n_boxes"] == 6 and summary["skipped"] == []
     assert summary["tolerance_px_original"] == 15.0 and summary["boxes_sha256"]
     assert set(summary["results"]) == {"Atelectasis", "Cardiomegaly", "Infiltration", "Mass", "Nodule", "Pneumonia",
@@ -140,7 +142,8 @@ def test_real_run_on_the_boxed_images_writes_a_complete_result(boxed_run):
     rows = boxes.boxes_for(box_list, [cardio["Image"]])
     expected = localization.score_image({"Cardiomegaly": np.zeros((4, 4))}, rows, (1024, 1024), priors).iloc[0]
     assert cardio["baseline_mass_share"] == pytest.approx(expected["baseline_mass_share"])
-    assert len(list((boxed_run / localization_folder.GALLERY).glob("*.jpg"))) == 6
+    assert [p.name for p in result.gallery_files] == sorted(
+        localization_folder.gallery_name(i, f) for i, f in zip(per_box["Image"], per_box["Finding"], strict=True))
     assert not list(boxed_run.glob(".*.tmp"))
 
 
@@ -155,7 +158,8 @@ def test_images_at_another_size_are_scored_in_their_own_frame(small_checkpoint, 
     out = tmp_path / "out"
     assert main(["localize", "--checkpoint", str(small_checkpoint), "--images", str(folder), "--out", str(out),
                  "--bootstrap", "0", "--json"]) == 0
-    summary, per_box = localization_folder.read_result(out)
+    result = localization_folder.read_localization(out)
+    summary, per_box = result.summary, result.per_box
     assert per_box.loc[0, "width"] == 256 and summary["n_images"] == 1
     assert summary["results"]["overall"]["model"]["pointing"]["ci"] is None  # no bootstrap asked for
 
@@ -201,4 +205,20 @@ def test_unreadable_images_and_outside_boxes_are_skipped_and_the_rest_go_on(smal
 def test_a_broken_result_folder_is_refused(tmp_path):
     (tmp_path / "localization.json").write_text("{")
     with pytest.raises(InputError, match="not a complete localization result"):
-        localization_folder.read_result(tmp_path)
+        localization_folder.read_localization(tmp_path)
+    (tmp_path / "localization-boxes.csv").write_text("Image,Finding\n")
+    (tmp_path / "localization.json").write_text("[]")
+    with pytest.raises(InputError, match="not a result written by `localize`"):
+        localization_folder.read_localization(tmp_path)
+
+
+def test_a_negative_bootstrap_gets_the_one_rule_before_the_model_loads(tmp_path, capsys):
+    """`localize` and `evaluate --reference` check `--bootstrap` with the library's rule, worded once."""
+    missing = str(tmp_path / "no.keras")  # never loaded: the rule is checked first
+    assert main(["localize", "--checkpoint", missing, "--images", str(BOXED), "--out", str(tmp_path),
+                 "--bootstrap", "-1"]) == 2
+    localize_err = capsys.readouterr().err
+    assert localize_err == "error: --bootstrap must be 0 (no intervals) or more, got -1\n"
+    assert main(["evaluate", "--reference", "google2019", "--checkpoint", missing, "--images", str(BOXED),
+                 "--labels", str(NIH / "test.csv"), "--out", str(tmp_path), "--bootstrap", "-1"]) == 2
+    assert capsys.readouterr().err == localize_err

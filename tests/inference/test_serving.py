@@ -77,7 +77,8 @@ def test_a_stale_export_is_not_served(run, small_model, tmp_path):
         densenet.save(small_model, tmp_path / "best.keras")  # retrained: the export no longer describes it
     finally:
         small_model.get_layer("predictions").bias.assign(np.zeros(14, np.float32))
-    assert serving.load_predictor(tmp_path / "best.keras").source == "keras"
+    predictor = serving.load_predictor(tmp_path / "best.keras")
+    assert predictor.source == "keras" and "stale" in predictor.note and "export" in predictor.note
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -123,7 +124,8 @@ def test_predict_without_export_is_quiet_unless_verbose(small_checkpoint):
     image = str(REAL[0])
     quiet = run_cli("predict", "--checkpoint", str(small_checkpoint), image)
     assert quiet.returncode == 0 and "tensorflow imported: True" in quiet.stdout
-    assert quiet.stderr == "", quiet.stderr
+    # no TensorFlow start-up lines; only the one line saying the guard runs without its typicality check
+    assert quiet.stderr.startswith("warning: only the pixel checks") and quiet.stderr.count("\n") == 1, quiet.stderr
     verbose = run_cli("--verbose", "predict", "--checkpoint", str(small_checkpoint), image)
     assert verbose.returncode == 0 and verbose.stderr != ""
     by_env = run_cli("predict", "--checkpoint", str(small_checkpoint), image, env={"CHESTXRAY_VERBOSE": "1"})
@@ -147,7 +149,7 @@ def test_evaluate_counts_flagged_images(run, tmp_path):
 
 
 def test_png_and_8bit_dicom_of_the_same_pixels_predict_the_same(tmp_path):
-    from test_imaging import dicom_bytes
+    from dicom_files import dicom_bytes
 
     pixels = imaging.load_image(IMAGES / "00000002_000.png")
     pixels = (pixels // 2 + 60).astype(np.uint8)  # not spanning 0-255, as most 8-bit exports
@@ -172,8 +174,174 @@ def test_export_command_adds_both_files_to_a_run(small_model, tmp_path, capsys):
     assert main(argv) == 2  # no checkpoint yet: one line, no traceback
     assert "checkpoint not found" in capsys.readouterr().err
     densenet.save(small_model, tmp_path / "run" / "best.keras")
+    from pipeline.core.files import sha256_of
+
+    config = {"train": "train.csv", "valid": "valid.csv", "train_sha256": sha256_of(tmp_path / "train.csv"),
+              "valid_sha256": sha256_of(tmp_path / "valid.csv")}
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    labels["train-small"].head(40).to_csv(tmp_path / "other.csv", index=False)  # another run's training labels
+    other = [str(tmp_path / "other.csv") if a == str(tmp_path / "train.csv") else a for a in argv]
+    assert main(other) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: export: these training labels differ") and err.count("\n") == 1
+    assert "train.csv" in err and not (tmp_path / "run" / "best.onnx").exists()
     assert main(argv) == 0
-    summary = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    assert captured.err == ""  # the run's own labels: checked, nothing to say
+    summary = json.loads(captured.out)
     assert summary["train_images"] == 12 and summary["valid_pass_rate"] == 1.0
     assert {p.name for p in (tmp_path / "run").iterdir()} >= {"best.onnx", "best.onnx.json", ood.STATS_FILE,
                                                               ood.INFO_FILE}
+
+
+# --- a damaged or tampered export (issue 20, items 2, 7, 8) --------------------------------------------------------
+
+
+def copy_run(run, folder):
+    folder.mkdir(exist_ok=True)
+    for name in ("best.keras", "best.onnx", "best.onnx.json", ood.STATS_FILE, ood.INFO_FILE):
+        shutil.copy(run / name, folder / name)
+    return folder
+
+
+def largest_weights(path):
+    """The raw bytes of the export's largest weight tensor, and where they start in the file."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    tensor = max(proto.graph.initializer, key=lambda t: len(t.raw_data))
+    content = path.read_bytes()
+    offset = content.find(tensor.raw_data)
+    assert offset > 0 and content.count(tensor.raw_data) == 1
+    return proto, tensor, offset
+
+
+def nan_export(folder):
+    """Overwrite bytes inside the largest weight tensor with NaN (same file size, still a valid model)."""
+    path = folder / "best.onnx"
+    _, tensor, offset = largest_weights(path)
+    content = bytearray(path.read_bytes())
+    size = len(content)
+    middle = offset + len(tensor.raw_data) // 2 // 4 * 4
+    content[middle : middle + 4096] = b"\xff" * 4096  # float32 NaN
+    path.write_bytes(bytes(content))
+    assert path.stat().st_size == size
+
+
+def assert_refused(result, *words):
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "nan" not in result.stdout.lower()
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    for word in words:
+        assert word in errors[0], errors[0]
+
+
+def test_a_tampered_export_is_refused_never_served(run, tmp_path):
+    folder = copy_run(run, tmp_path / "run")
+    nan_export(folder)
+    result = run_cli("predict", "--checkpoint", str(folder / "best.keras"), "--json", str(REAL[0]))
+    assert_refused(result, "best.onnx", "SHA-256")
+
+
+def test_a_negated_weight_tensor_is_refused(run, tmp_path):
+    import onnx
+
+    folder = copy_run(run, tmp_path / "run")
+    proto, tensor, _ = largest_weights(folder / "best.onnx")
+    values = onnx.numpy_helper.to_array(tensor)
+    tensor.CopyFrom(onnx.numpy_helper.from_array(-values, tensor.name))
+    onnx.save(proto, str(folder / "best.onnx"))
+    with pytest.raises(serving.InputError, match="SHA-256"):
+        serving.load_predictor(folder / "best.keras")
+
+
+def test_non_finite_outputs_are_never_printed_nor_judged_in_distribution(run, tmp_path):
+    folder = copy_run(run, tmp_path / "run")
+    nan_export(folder)
+    info = json.loads((folder / "best.onnx.json").read_text())  # as if the hash had been recorded after the damage
+    info["model_sha256"] = serving.sha256_of(folder / "best.onnx")
+    (folder / "best.onnx.json").write_text(json.dumps(info))
+    for flags in (["--json"], []):
+        result = run_cli("predict", "--checkpoint", str(folder / "best.keras"), *flags, str(REAL[0]))
+        assert_refused(result, "non-finite")
+    decoded = imaging.load_decoded(REAL[0])
+    stats = ood.load(run)
+    pooled = np.full((1, stats.mean.shape[0]), np.nan)
+    verdict = ood.judge(decoded, imaging.to_gray(decoded), pooled, stats)
+    assert not verdict.in_distribution and verdict.typicality is None and "not finite" in verdict.reason
+
+
+def test_stale_export_says_so_and_still_answers(run, small_model, tmp_path):
+    folder = copy_run(run, tmp_path / "run")
+    small_model.get_layer("predictions").bias.assign(np.full(14, 0.5, np.float32))
+    try:
+        densenet.save(small_model, folder / "best.keras")
+    finally:
+        small_model.get_layer("predictions").bias.assign(np.zeros(14, np.float32))
+    result = run_cli("predict", "--checkpoint", str(folder / "best.keras"), "--json", str(REAL[0]))
+    assert result.returncode == 0, result.stderr
+    warnings = result.stderr.splitlines()
+    assert any("stale" in line and "TensorFlow" in line for line in warnings), result.stderr
+    assert any("only the pixel checks" in line and "other weights" in line for line in warnings), result.stderr
+    assert json.loads(result.stdout.splitlines()[0])["typicality"] is None
+
+
+@pytest.mark.parametrize(("threshold", "words"), [(None, "threshold None"), (1e300, "threshold 1e+300"),
+                                                  ("12", "threshold '12'"), (-1.0, "threshold -1.0")])
+def test_implausible_typicality_thresholds_are_refused_naming_the_json(run, tmp_path, threshold, words):
+    folder = copy_run(run, tmp_path / "run")
+    info = json.loads((folder / ood.INFO_FILE).read_text())
+    info["threshold"] = threshold
+    (folder / ood.INFO_FILE).write_text(json.dumps(info))
+    with pytest.raises(serving.InputError) as caught:
+        ood.load(folder)
+    message = str(caught.value)
+    assert message.startswith(str(folder / ood.INFO_FILE)) and words in message and "\n" not in message
+
+
+def test_a_hand_edited_threshold_within_range_is_caught_by_the_arrays(run, tmp_path):
+    folder = copy_run(run, tmp_path / "run")
+    info = json.loads((folder / ood.INFO_FILE).read_text())
+    info["threshold"] = info["threshold"] * 10
+    (folder / ood.INFO_FILE).write_text(json.dumps(info))
+    with pytest.raises(serving.InputError, match="differs from"):
+        ood.load(folder)
+    (folder / ood.INFO_FILE).write_text("{not json")
+    with pytest.raises(serving.InputError, match=ood.INFO_FILE):
+        ood.load(folder)
+
+
+def test_onnx_runtime_writes_no_telemetry(run, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")}
+    script = ("import sys\nfrom pipeline.cli import main\nsys.exit(main(sys.argv[1:]))")
+    result = subprocess.run([sys.executable, "-c", script, "predict", "--checkpoint", str(run / "best.keras"),
+                             str(REAL[0])], capture_output=True, text=True, cwd=REPO, env={**env, "HOME": str(home)},
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert list(home.rglob("*")) == []
+
+
+def test_overlays_of_a_large_image_are_bounded(run, tmp_path):
+    from pipeline.explain import gradcam
+
+    big = cv2.resize(imaging.load_image(REAL[0]), (3000, 2600), interpolation=cv2.INTER_CUBIC)
+    cv2.imwrite(str(tmp_path / "big.png"), big)
+    result = run_cli("predict", "--checkpoint", str(run / "best.keras"), "--json", "--gradcam", str(tmp_path / "cams"),
+                     "--top", "2", str(tmp_path / "big.png"))
+    assert result.returncode == 0, result.stderr
+    written = json.loads(result.stdout.splitlines()[0])["gradcam"]
+    shapes = {cv2.imread(path).shape for path in written.values()}
+    assert shapes == {(round(2600 * gradcam.OVERLAY_SIDE / 3000), gradcam.OVERLAY_SIDE, 3)}
+
+
+def test_predict_refuses_a_fifo_in_one_line_and_answers_the_rest(run, tmp_path):
+    fifo = tmp_path / "scan.png"
+    os.mkfifo(fifo)
+    result = run_cli("predict", "--checkpoint", str(run / "best.keras"), "--json", str(fifo), str(REAL[0]))
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "scan.png" in errors[0] and "FIFO" in errors[0]
+    assert json.loads(result.stdout.splitlines()[0])["image"] == str(REAL[0])

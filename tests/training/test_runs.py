@@ -82,3 +82,24 @@ def test_broken_files_give_one_line(artifacts):
     with pytest.raises(InputError, match="cannot be read as CSV"):
         runs.read_history(demo)
 
+
+
+def test_the_run_and_evaluation_shown_first(tmp_path):
+    """The dashboard opens on the shipped demo run, else a run with a checkpoint and an evaluation, else one with
+    a checkpoint; a run is judged by its test evaluation, else its first."""
+    bare, trained, evaluated = (tmp_path / "runs" / name for name in ("a-bare", "b-trained", "c-evaluated"))
+    touch(bare / "config.json", "{}")
+    touch(trained / "best.keras")
+    touch(evaluated / "best.keras")
+    touch(evaluated / "eval-valid" / "metrics.json", "{}")
+    found = runs.find_runs(tmp_path)
+    assert runs.default_run(found).name == "c-evaluated"
+    assert runs.headline_evaluation(runs.default_run(found)).name == "eval-valid"
+    touch(evaluated / "eval-test" / "metrics.json", "{}")
+    touch(tmp_path / "runs" / runs.DEMO_RUN / "best.keras")
+    found = runs.find_runs(tmp_path)
+    assert runs.default_run(found).name == runs.DEMO_RUN
+    assert runs.headline_evaluation(next(r for r in found if r.name == "c-evaluated")).name == "eval-test"
+    assert runs.headline_evaluation(next(r for r in found if r.name == "b-trained")) is None
+    assert runs.default_run([r for r in found if r.name == "a-bare"]).name == "a-bare"
+    assert runs.default_run([]) is None

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import shared
 import streamlit as st
 
@@ -32,27 +31,9 @@ def box_list() -> pd.DataFrame:
 
 
 @st.cache_data(show_spinner=False)
-def read_result(folder: str, modified: float) -> tuple[dict, pd.DataFrame]:
-    """`localization_folder.read_result`, reread when localization.json changes (``modified``: its mtime)."""
-    return localization_folder.read_result(folder)
-
-
-def comparison_figure(frame: pd.DataFrame, score: str) -> go.Figure:
-    """Per finding and overall: the model's and the baseline's mean score as bars with their 95% intervals."""
-    fig = go.Figure()
-    for source, color, name in (("model", plots.POSITIVE, "Model (Grad-CAM)"),
-                                ("baseline", plots.NEUTRAL, "Baseline (box prior, leave-one-out)")):
-        values = frame[source].astype(float)
-        fig.add_trace(go.Bar(
-            x=frame["finding"], y=values, name=name, marker_color=color,
-            error_y={"type": "data", "symmetric": False,
-                     "array": (frame[f"{source}_high"].astype(float) - values).fillna(0),
-                     "arrayminus": (values - frame[f"{source}_low"].astype(float)).fillna(0)},
-            hovertemplate="%{x}: %{y:.3f}<extra>" + name + "</extra>",
-        ))
-    fig.update_layout(title=SCORE_NAMES.get(score, score), barmode="group", yaxis_range=[0, 1.05],
-                      yaxis_title="Mean over boxes (95% CI over images)")
-    return plots.style(fig, height=420)
+def read_localization(folder: str, modified: float) -> localization_folder.Localization:
+    """`localization_folder.read_localization`, reread when the result changes (``modified``: its time)."""
+    return localization_folder.read_localization(folder)
 
 
 def show_results(folders: list[Path]) -> None:
@@ -61,10 +42,11 @@ def show_results(folders: list[Path]) -> None:
     names = {paths.shorten(folder, artifacts): folder for folder in folders}
     chosen = st.selectbox("Localization result", list(names)) if len(names) > 1 else next(iter(names))
     folder = names[chosen]
-    summary, per_box = read_result(str(folder), (folder / localization.RESULT).stat().st_mtime)
+    result = read_localization(str(folder), localization_folder.modified(folder))
+    summary, per_box = result.summary, result.per_box
     score = st.radio("Score", list(SCORE_NAMES), format_func=SCORE_NAMES.get, horizontal=True)
     frame = localization_folder.results_frame(summary, score)
-    shared.chart(comparison_figure(frame, score))
+    shared.chart(plots.localization_figure(frame, SCORE_NAMES.get(score, score)))
     st.caption(
         f"Measured on {summary['n_boxes']} radiologist boxes on {summary['n_images']} images of "
         f"`{shared.display_path(summary['images_dir'])}` (boxes from `{shared.display_path(summary['boxes_file'])}`). "
@@ -83,15 +65,15 @@ def show_results(folders: list[Path]) -> None:
         with st.expander(f"Skipped ({len(summary['skipped'])})"):
             st.dataframe(pd.DataFrame(summary["skipped"]), hide_index=True)
 
-    gallery = sorted((folder / localization_folder.GALLERY).glob("*.jpg"))
+    gallery = result.gallery_files
     st.subheader("Boxes over the heatmaps")
     if not gallery:
         st.info("This result has no gallery; rerun `python -m pipeline localize` to make one.")
         return
     pages = (len(gallery) + GALLERY_PAGE - 1) // GALLERY_PAGE
     page = st.number_input(f"Gallery page (of {pages})", 1, pages, 1) if pages > 1 else 1
-    rows = per_box.assign(file=[localization.gallery_name(i, f) for i, f in zip(per_box["Image"], per_box["Finding"],
-                                                                                strict=True)]).set_index("file")
+    files = [localization_folder.gallery_name(i, f) for i, f in zip(per_box["Image"], per_box["Finding"], strict=True)]
+    rows = per_box.assign(file=files).set_index("file")
     shown_files = gallery[(page - 1) * GALLERY_PAGE : page * GALLERY_PAGE]
     for start in range(0, len(shown_files), 4):
         for column, path in zip(st.columns(4), shown_files[start : start + 4], strict=False):

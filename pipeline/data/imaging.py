@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import stat
 import struct
 from typing import Any
 
@@ -102,7 +103,11 @@ def _read(source: Any) -> tuple[str, bytes]:
     if isinstance(source, (str, os.PathLike)):
         name = os.fspath(source)
         try:
-            with open(name, "rb") as handle:
+            # Non-blocking open, then a check: a FIFO or a device would otherwise block or never end.
+            descriptor = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            with open(descriptor, "rb") as handle:
+                if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                    raise InputError(f"{name}: not a regular file (a pipe, socket or device); give an image file")
                 return name, handle.read()
         except FileNotFoundError:
             raise InputError(f"{name}: file not found; check the path") from None

@@ -419,11 +419,11 @@ def _guard_note(checkpoint: str | Path, paths: list[Path]) -> list[str]:
 
 def _prepared(path: str | Path) -> Any:
     """The `pipeline.data.input_pipeline.Source` of a prepared folder, or None for a label file."""
-    from pipeline.data import prepare
+    from pipeline.data import prepared
 
-    if not prepare.is_prepared(path):
+    if not prepared.is_prepared(path):
         return None
-    from pipeline.data import input_pipeline  # TensorFlow: only where a prepared folder is read
+    from pipeline.data import input_pipeline
 
     return input_pipeline.open_source(path)
 

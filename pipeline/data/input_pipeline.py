@@ -2,13 +2,13 @@
 
 `open_source(labels, images)` gives a `Source` either way: a label file with its image folder (small data:
 images decoded by `pipeline.data.imaging` once and cached in memory, with a progress bar while that happens), or a
-folder made by `pipeline.data.prepare` (any size: shards of raw pixels read through memory maps, so memory
-stays flat in the number of images). Training, evaluation and the distribution strategies all read through it.
+folder made by `pipeline.data.prepare` (any size: shards of raw pixels read image by image at known offsets,
+so memory stays flat in the number of images). Training, evaluation and the distribution strategies all read through it.
 
 Two faces, one path. `training_arrays` / `evaluation_arrays` yield NumPy ``(x, y)`` batches and import no
 TensorFlow (JAX, or any other consumer); `training_batches` / `evaluation_batches` wrap the very same batches
 in a `tf.data.Dataset` for the TensorFlow loop, so both backends see identical pixels. Batches are built by a
-small thread pool (memory-map slices and OpenCV release the GIL), a bounded number ahead of the consumer:
+small thread pool (file reads and OpenCV release the GIL), a bounded number ahead of the consumer:
 measured on this project's 2-core CPU it feeds 224 px batches faster than the former tf.data path that
 decoded PNG records (`benchmarks/bench_input.py`), and it needs no second framework on a JAX machine.
 
@@ -126,9 +126,9 @@ class Source:
 
 
 class _Rows:
-    """Images (uint8 arrays or memory maps, concatenated virtually) with their labels, read by index."""
+    """Images (uint8 arrays, or shard readers, concatenated virtually) with their labels, read by index."""
 
-    def __init__(self, parts: Sequence[np.ndarray], labels: np.ndarray, image_size: int) -> None:
+    def __init__(self, parts: Sequence[Any], labels: np.ndarray, image_size: int) -> None:
         self._parts = list(parts)
         self._starts = np.cumsum([0] + [len(part) for part in self._parts])
         self.labels = labels
@@ -143,7 +143,7 @@ class _Rows:
         out = np.empty((len(indices), size, size), np.uint8)
         parts = np.searchsorted(self._starts, indices, side="right") - 1
         for k, (part, index) in enumerate(zip(parts, indices, strict=True)):
-            image = self._parts[part][index - self._starts[part]]
+            image = self._parts[part][int(index - self._starts[part])]
             out[k] = image if image.shape[0] == size else cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
         return out
 

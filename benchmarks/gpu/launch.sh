@@ -11,7 +11,8 @@ cd "$(git rev-parse --show-toplevel)"
 BRANCH=gpu-kit-without-artifacts
 EXCLUDE=$(git rev-parse --git-path info/exclude)
 ORIGIN=$(git rev-parse --git-path gpu-kit-origin)
-LINE="/artifacts/  # gpu-kit: while $BRANCH is checked out"
+COMMENT="# gpu-kit: ignored while $BRANCH is checked out (benchmarks/gpu/launch.sh end removes it)"
+LINE="/artifacts/"
 
 start() {
     if [ -e "$ORIGIN" ]; then echo "error: a kit state is already set up; run: $0 end" >&2; exit 2; fi
@@ -24,7 +25,8 @@ start() {
     git rm -r -q --cached artifacts
     git -c user.name=gpu-kit -c user.email=gpu-kit@localhost commit -q -m "gpu kit: the tree without artifacts/ (temporary)"
     mkdir -p "$(dirname "$EXCLUDE")"
-    echo "$LINE" >>"$EXCLUDE"
+    [ ! -s "$EXCLUDE" ] || [ -z "$(tail -c1 "$EXCLUDE")" ] || echo >>"$EXCLUDE"
+    printf '%s\n%s\n' "$COMMENT" "$LINE" >>"$EXCLUDE"
     tracked=$(git ls-files -z | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
     others=$(git ls-files -z --others --exclude-standard | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
     wheels=$(du -cb .whl/*.whl | tail -1 | cut -f1)
@@ -38,7 +40,7 @@ end() {
     origin=$(cat "$ORIGIN")
     git checkout -q "$origin"  # puts artifacts/ back under git (the files never left the disk)
     git branch -q -D "$BRANCH"
-    grep -vF "$LINE" "$EXCLUDE" >"$EXCLUDE.new" || true
+    grep -vxF -e "$COMMENT" -e "$LINE" "$EXCLUDE" >"$EXCLUDE.new" || true
     mv "$EXCLUDE.new" "$EXCLUDE"
     rm -f "$ORIGIN"
     echo "back on $origin"

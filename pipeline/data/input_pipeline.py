@@ -144,7 +144,7 @@ class _Rows:
         parts = np.searchsorted(self._starts, indices, side="right") - 1
         for k, (part, index) in enumerate(zip(parts, indices, strict=True)):
             image = self._parts[part][int(index - self._starts[part])]
-            out[k] = image if image.shape[0] == size else cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+            out[k] = image if image.shape[0] == size else imaging.resize(image, size)  # from the stored size
         return out
 
 

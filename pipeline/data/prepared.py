@@ -189,7 +189,7 @@ class ShardReader:
 
     def __init__(self, path: Path, images: int, image_size: int) -> None:
         self.path, self.images, self.image_size = path, images, image_size
-        self._fd: int | None = None
+        self._fd = os.open(path, os.O_RDONLY)
 
     def __len__(self) -> int:
         return self.images
@@ -197,8 +197,6 @@ class ShardReader:
     def __getitem__(self, index: int) -> np.ndarray:
         if not 0 <= index < self.images:
             raise IndexError(f"image {index} of a shard of {self.images}")
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
         size = self.image_size * self.image_size
         data = os.pread(self._fd, size, int(index) * size)
         if len(data) != size:
@@ -206,8 +204,9 @@ class ShardReader:
         return np.frombuffer(data, np.uint8).reshape(self.image_size, self.image_size)
 
     def __del__(self) -> None:
-        if self._fd is not None:
+        if getattr(self, "_fd", None) is not None:
             os.close(self._fd)
+            self._fd = None
 
 
 # --- writer ----------------------------------------------------------------------------------------------------

@@ -234,12 +234,14 @@ def training_batches(
     """One epoch of exactly ``steps`` shuffled, augmented batches as a `tf.data.Dataset` (the TensorFlow loop).
 
     ``batch_size`` is this input pipeline's batch (the global batch divided among the replicas it feeds);
-    every draw of randomness comes from ``seed`` (the epoch's seed). The batches are those of the NumPy path.
+    every draw of randomness comes from ``seed`` (the epoch's seed). The batches are exactly those of
+    ``training_arrays(..., seed, epoch=0, ...)``: a loop that folds the epoch into its seed gets the same pixels
+    on every backend.
     """
     check_size(source, image_size)
     source.shard_sizes(workers)  # refuse too many workers now, not inside the dataset
     return _dataset(
-        lambda: _training(source, image_size, batch_size, steps, (seed,), worker, workers, augment), image_size
+        lambda: _training(source, image_size, batch_size, steps, (seed, 0), worker, workers, augment), image_size
     )
 
 

@@ -155,6 +155,13 @@ def test_numpy_batches_are_the_tf_data_batches(sources):
             source, SIZE, BATCH, steps, seed=4, epoch=2)]))
         assert not np.array_equal(ours, np.concatenate([x for x, _ in input_pipeline.training_arrays(
             source, SIZE, BATCH, steps, seed=4, epoch=3)]))
+        steps = 3
+        tf_epoch = list(input_pipeline.training_batches(source, SIZE, BATCH, steps, 9, worker=1, workers=2))
+        np_epoch = list(input_pipeline.training_arrays(source, SIZE, BATCH, steps, 9, 0, worker=1, workers=2))
+        assert len(tf_epoch) == len(np_epoch) == steps
+        for (a, b), (c, d) in zip(tf_epoch, np_epoch, strict=True):
+            np.testing.assert_array_equal(a.numpy(), c)
+            np.testing.assert_array_equal(b.numpy(), d)
     prepared_source, _ = sources
     tf_batches = list(input_pipeline.evaluation_batches(prepared_source, SIZE, 16).as_numpy_iterator())
     np_batches = list(input_pipeline.evaluation_arrays(prepared_source, SIZE, 16))

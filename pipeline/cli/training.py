@@ -11,7 +11,7 @@ STRATEGIES = ("auto", "one", "mirrored", "multi-worker")  # as distribution.STRA
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add `prepare` and `train` to the top-level parser."""
-    p = commands.add_parser("prepare", help="decode a label file's images once into TFRecord shards for training")
+    p = commands.add_parser("prepare", help="decode a label file's images once into shards of raw pixels for training")
     p.add_argument("--labels", required=True, type=Path, help="NIH Data_Entry CSV (.csv or .csv.gz) or course CSV")
     p.add_argument("--images", required=True, type=Path, help="folder holding the listed images")
     p.add_argument("--out", required=True, type=Path, help="the prepared folder (new, or one to continue)")
@@ -50,15 +50,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 def run_prepare(args: argparse.Namespace) -> int:
     from pipeline.core.text import count
-    from pipeline.data import prepare
+    from pipeline.data import prepare, prepared
 
     manifest = prepare.prepare(args.labels, args.images, args.out, args.image_size, workers=args.workers, log=_print)
-    refused, shards = manifest["n_refused"], len(manifest["shards"])
+    refused, shards = manifest.n_refused, len(manifest.shards)
     print(
-        f"{args.out}: {count(manifest['n_images'], 'image')} at {manifest['image_size']} px in "
-        f"{count(shards, 'shard')}" + (f"; {refused:,} refused (listed in {prepare.MANIFEST})" if refused else "")
+        f"{args.out}: {count(manifest.n_images, 'image')} at {manifest.image_size} px in "
+        f"{count(shards, 'shard')}" + (f"; {refused:,} refused (listed in {prepared.MANIFEST})" if refused else "")
     )
-    for image, why in list(manifest["refused"].items())[:5]:
+    for image, why in list(manifest.refused.items())[:5]:
         print(f"  refused {image}: {why}", file=sys.stderr)
     return 0
 

@@ -1,36 +1,35 @@
-"""Decode a labelled image set once into TFRecord shards that training and evaluation stream (`prepare`).
+"""Decode a labelled image set once into shards of raw pixels that training and evaluation stream (`prepare`).
 
-A prepared folder::
-
-    DATA_DIR/manifest.json                      what it holds (see `prepare`); written last
-            labels.csv                          the prepared images' labels, course format, in shard order
-            shard-00000-of-00110.tfrecord       up to `SHARD_IMAGES` examples each, at least `MIN_SHARDS` shards
-
-Each example holds the image resized to ``image_size`` and PNG-encoded (8-bit gray), its 14 labels, its
-file name and its patient id. Pixels come from `pipeline.data.imaging.load_image` and `pipeline.data.imaging.resize`,
-the decoder every other step uses, so a prepared image is exactly what the image-folder path would give.
+The folder's format, file names, reader and writer belong to `pipeline.data.prepared`; this module is the
+state machine that fills it. Pixels come from `pipeline.data.imaging.load_image` and
+`pipeline.data.imaging.resize`, the decoder every other step uses, so a prepared image is exactly what the
+image-folder path would give.
 
 Full-size NIH PNGs cost 10-14 ms each to decode, so decoding runs in worker processes (they import OpenCV,
-not TensorFlow); the parent only wraps their PNG bytes into examples and writes shards in order.
+never TensorFlow: `prepare` runs where TensorFlow is not installed); the parent writes shards in order.
+A worker watches its parent and exits when the parent is gone (even after SIGKILL, which runs no cleanup).
 
 Crash safety. A shard is written under a temporary name and renamed into place, then a small sidecar
-(``.shard-....json``: its image count, SHA-256 and refused images) records it as complete. A killed run,
-started again with the same arguments, keeps the complete shards and writes the rest; ``manifest.json``
-comes last, so a folder with a manifest is complete. The plan (``.plan.json``) pins the arguments, so a
-folder is never continued with other labels or another image size.
+records it as complete. A killed run, started again with the same arguments, keeps the complete shards and
+writes the rest; ``manifest.json`` comes last, so a folder with a manifest is complete. The plan pins the
+arguments, so a folder is never continued with other labels or another image size. A run that fails before
+any shard is complete (no image readable, a full disk) removes what it wrote, so it never leaves a folder
+that blocks the next attempt.
 
-About 390 lines, kept whole: the folder's format, its resume rules and the worker pool that fills it are one
-state machine; `pipeline.data.input_pipeline` is its only reader.
+About 360 lines, kept whole: the resume rules and the worker pool that fills the folder are one state machine.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import errno
 import multiprocessing
 import os
 import platform
+import shutil
 import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -42,23 +41,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.core.errors import InputError
-from pipeline.core.files import read_json_object, sha256_of, write_csv_atomic, write_json_atomic
+from pipeline.core.errors import InputError, first_items
+from pipeline.core.files import sha256_of
 from pipeline.core.findings import FINDINGS
 from pipeline.core.progress import ProgressBar
 from pipeline.core.text import count
-from pipeline.data import imaging, label_files
+from pipeline.data import imaging, label_files, prepared
+from pipeline.data.prepared import Manifest, Shard
 
-MANIFEST = "manifest.json"
-LABELS = "labels.csv"
-PLAN = ".plan.json"
-FORMAT = "chestxray-prepared-tfrecord"
-FORMAT_VERSION = 1
-SHARD_IMAGES = 1024  # at most, per shard: ~40 MB at 224 px
+SHARD_IMAGES = 1024  # at most, per shard: ~50 MB at 224 px
 MIN_SHARDS = 16  # at least (when there are as many images), so up to 16 workers each get a share
 BLOCK = 64  # images per task sent to a worker
 AHEAD = 4  # blocks per worker in flight: keeps workers busy with bounded memory
 MIN_IMAGE_SIZE = 32
+PARENT_CHECK_SECONDS = 0.5  # how often a worker looks whether its parent is still alive
 _WHAT = {
     "labels_sha256": "label file",
     "n_listed": "label file",
@@ -69,15 +65,6 @@ _WHAT = {
 }
 
 
-def is_prepared(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a prepared folder (a folder holding ``manifest.json``)."""
-    return Path(path, MANIFEST).is_file()
-
-
-def shard_name(index: int, count: int) -> str:
-    return f"shard-{index:05d}-of-{count:05d}.tfrecord"
-
-
 def prepare(
     labels: str | os.PathLike[str],
     images_dir: str | os.PathLike[str],
@@ -86,7 +73,7 @@ def prepare(
     *,
     workers: int | None = None,
     log: Callable[[str], Any] = print,
-) -> dict[str, Any]:
+) -> Manifest:
     """Decode, resize and write every image of ``labels`` into shards under ``out_dir``; return the manifest.
 
     Parameters
@@ -104,17 +91,11 @@ def prepare(
     log
         Receives one line per event.
 
-    Returns
-    -------
-    dict
-        The manifest: ``format``, ``image_size``, ``n_listed``, ``n_images``, ``n_refused``, ``refused``
-        (``{image: one-line reason}``), ``n_patients``, ``positives`` per finding, ``shards`` (file, images,
-        sha256), ``labels_file``, ``labels_sha256``, ``images_dir``, ``versions``, ``created``.
-
     Raises
     ------
     InputError
-        A bad label file, a missing image folder, ``out_dir`` holding something else, or no readable image.
+        A bad label file, a missing image folder, none of the listed images in it, ``out_dir`` holding
+        something else, no readable image, or a full disk.
     """
     if image_size < MIN_IMAGE_SIZE:
         raise InputError(f"`image_size` {image_size}: prepare at least {MIN_IMAGE_SIZE} px (DenseNet121's minimum)")
@@ -127,130 +108,143 @@ def prepare(
     table = label_files.load_labels(labels)
     if table.empty:
         raise InputError(f"{Path(labels).name}: the label file lists no image")
+    _check_some_present(table, folder, Path(labels).name)
     out = Path(out_dir)
     n_shards = max(-(-len(table) // SHARD_IMAGES), min(MIN_SHARDS, len(table)))
     plan = {
-        "format": FORMAT,
+        "format": prepared.FORMAT,
+        "format_version": prepared.FORMAT_VERSION,
         "labels_sha256": sha256_of(labels),
         "images_dir": os.fspath(folder.resolve()),
         "image_size": int(image_size),
         "n_shards": n_shards,
         "n_listed": len(table),
     }
-    done = _start_or_continue(out, plan)
-    if done is not None:
-        log(f"{out}: already prepared ({done['n_images']:,} images at {done['image_size']} px), nothing to do")
-        return done
-
-    bounds = np.linspace(0, len(table), n_shards + 1).round().astype(int)  # sizes differ by one at most
-    shards = [table.iloc[start:stop] for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
-    complete = {i: _read_sidecar(out, i, n_shards) for i in range(n_shards)}
-    todo = [i for i, sidecar in complete.items() if sidecar is None]
-    if len(todo) < n_shards:
-        log(f"{out}: {n_shards - len(todo)} of {n_shards} shards already complete, continuing")
-    log(f"preparing {count(sum(len(shards[i]) for i in todo), 'image')} at {image_size} px with "
-        f"{count(workers, 'process')}")
-    bar = ProgressBar("prepare", sum(len(shards[i]) for i in todo), unit="images")
+    created = not out.exists()
     try:
-        _write_shards(out, shards, todo, folder, image_size, workers, bar, complete)
-    finally:
-        bar.close()
-    return _finish(out, table, complete, plan, labels)
+        done = _start_or_continue(out, plan)
+    except OSError as exc:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)  # holds at most the plan this call wrote
+        raise _write_error(out, exc, len(table) * image_size**2) from None
+    if done is not None:
+        log(f"{out}: already prepared ({done.n_images:,} images at {done.image_size} px), nothing to do")
+        return done
+    try:
+        bounds = np.linspace(0, len(table), n_shards + 1).round().astype(int)  # sizes differ by one at most
+        shards = [table.iloc[start:stop] for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
+        complete = {i: prepared.read_sidecar(out, i, n_shards) for i in range(n_shards)}
+        todo = [i for i, record in complete.items() if record is None]
+        if len(todo) < n_shards:
+            log(f"{out}: {n_shards - len(todo)} of {n_shards} shards already complete, continuing")
+        log(f"preparing {count(sum(len(shards[i]) for i in todo), 'image')} at {image_size} px with "
+            f"{count(workers, 'process')}")
+        bar = ProgressBar("prepare", sum(len(shards[i]) for i in todo), unit="images")
+        try:
+            _write_shards(out, shards, todo, folder, image_size, workers, bar, complete)
+        finally:
+            bar.close()
+        return _finish(out, table, complete, plan, labels)
+    except OSError as exc:
+        _clean_failed_start(out, created)
+        raise _write_error(out, exc, len(table) * image_size**2) from None
+    except InputError:
+        _clean_failed_start(out, created)
+        raise
+
+
+def _write_error(out: Path, exc: OSError, size: int) -> InputError:
+    """One line for a write that failed: a full disk (say how much is needed), or anything else."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InputError(
+            f"{out}: the disk is full (the prepared folder needs about {size / 1e9:.2g} GB); free space and run "
+            "the same command again: it continues from the shards already written"
+        )
+    return InputError(f"{out}: cannot write ({exc.strerror or exc}); check the folder and its permissions")
+
+
+def _check_some_present(table: pd.DataFrame, folder: Path, name: str) -> None:
+    """Refuse before writing anything when not one listed image is in the folder (wrong folder or labels)."""
+    names = set(os.listdir(folder))
+    if not any(image.split("/", 1)[0] in names for image in table["Image"]):
+        raise InputError(
+            f"none of the {len(table):,} images {name} lists is in {folder} (e.g. {first_items(table['Image'])}); "
+            "check `images_dir`"
+        )
+
+
+def _clean_failed_start(out: Path, created: bool) -> None:
+    """After a failure with no shard complete, remove what this preparation wrote (the folder too if it made it)."""
+    if not out.is_dir() or prepared.is_prepared(out) or list(out.glob(".shard-*.json")):
+        return  # complete shards are kept for the next run to continue from
+    for path in prepared.work_files(out):
+        path.unlink(missing_ok=True)
+    if created and not any(out.iterdir()):
+        shutil.rmtree(out, ignore_errors=True)
 
 
 # --- the folder ------------------------------------------------------------------------------------------------
 
 
-def _start_or_continue(out: Path, plan: dict[str, Any]) -> dict[str, Any] | None:
+def _start_or_continue(out: Path, plan: dict[str, Any]) -> Manifest | None:
     """Check ``out`` holds nothing else; return its manifest when this preparation is already complete."""
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: is a file; give a folder as `out_dir`")
     different = f"{out} holds a different preparation"
     fix = "give another `out_dir`, or delete it to start over"
-    if (out / MANIFEST).is_file() or (out / PLAN).is_file():
-        saved = _read_json(out / PLAN) if (out / PLAN).is_file() else _read_json(out / MANIFEST).get("plan", {})
-        changed = {_WHAT.get(key, key) for key in plan if saved.get(key) != plan[key]}
+    if prepared.is_prepared(out) or (out / prepared.PLAN).is_file():
+        saved = prepared.read_plan(out)
+        changed = {_WHAT.get(key, key) for key in plan if key != "format_version" and saved.get(key) != plan[key]}
         if changed:
             raise InputError(f"{different} (another {' and '.join(sorted(changed))}); {fix}")
-        if (out / MANIFEST).is_file():
-            return _read_json(out / MANIFEST)
+        if prepared.is_prepared(out):
+            return prepared.read_manifest(out)  # refuses an older format with the command to prepare again
         for leftover in out.glob(".*.tmp"):  # writes a kill interrupted
             leftover.unlink(missing_ok=True)
         return None
     if out.is_dir() and any(out.iterdir()):
         raise InputError(f"{out} is not empty and holds no preparation; give another `out_dir`, or empty it")
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(plan, out / PLAN)
+    prepared.write_plan(out, plan)
     return None
 
 
-def _sidecar(out: Path, index: int, count: int) -> Path:
-    return out / f".{shard_name(index, count)}.json"
-
-
-def _read_sidecar(out: Path, index: int, count: int) -> dict[str, Any] | None:
-    """The record of a complete shard, or None when the shard still has to be written."""
-    path = _sidecar(out, index, count)
-    if not (path.is_file() and (out / shard_name(index, count)).is_file()):
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _finish(
-    out: Path, table: pd.DataFrame, complete: dict[int, dict[str, Any]], plan: dict[str, Any], labels: Any
-) -> dict[str, Any]:
+    out: Path,
+    table: pd.DataFrame,
+    complete: dict[int, tuple[Shard, dict[str, str]] | None],
+    plan: dict[str, Any],
+    labels: Any,
+) -> Manifest:
     """Write ``labels.csv`` and ``manifest.json`` from the shards' records; refuse an empty result."""
-    import tensorflow as tf
-
     refused: dict[str, str] = {}
     for index in sorted(complete):
-        refused.update(complete[index]["refused"])
+        refused.update(complete[index][1])
     written = table[~table["Image"].isin(list(refused))].reset_index(drop=True)
     if written.empty:
         first = next(iter(refused.items()))
+        for path in prepared.work_files(out):  # nothing worth continuing from
+            path.unlink(missing_ok=True)
         raise InputError(f"none of the {len(table):,} listed images could be read (e.g. {first[0]}: {first[1]})")
-    write_csv_atomic(label_files.to_course_format(written), out / LABELS)
-    n_shards = len(complete)
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "image_size": plan["image_size"],
-        "findings": list(FINDINGS),
-        "n_listed": len(table),
-        "n_images": len(written),
-        "n_refused": len(refused),
-        "n_patients": int(written["PatientId"].nunique()),
-        "positives": {f: int(n) for f, n in zip(FINDINGS, label_files.label_matrix(written).sum(axis=0), strict=True)},
-        "labels_file": os.fspath(labels),
-        "labels_sha256": plan["labels_sha256"],
-        "images_dir": plan["images_dir"],
-        "prepared_labels_sha256": sha256_of(out / LABELS),
-        "shards": [
-            {"file": shard_name(i, n_shards), "images": complete[i]["images"], "sha256": complete[i]["sha256"]}
-            for i in range(n_shards)
-        ],
-        "refused": refused,
-        "plan": plan,
-        "versions": {
-            "python": platform.python_version(),
-            "tensorflow": tf.__version__,
-            "opencv": _opencv_version(),
-            "numpy": np.__version__,
-        },
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    write_json_atomic(manifest, out / MANIFEST)
-    for i in range(n_shards):
-        _sidecar(out, i, n_shards).unlink(missing_ok=True)
-    (out / PLAN).unlink(missing_ok=True)
-    return manifest
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return read_json_object(path, "delete the folder and prepare again")
+    manifest = Manifest(
+        image_size=plan["image_size"],
+        n_listed=len(table),
+        n_images=len(written),
+        n_refused=len(refused),
+        n_patients=int(written["PatientId"].nunique()),
+        shards=tuple(complete[i][0] for i in range(len(complete))),
+        refused=refused,
+        positives={f: int(n) for f, n in zip(FINDINGS, label_files.label_matrix(written).sum(axis=0), strict=True)},
+        labels_file=os.fspath(labels),
+        labels_sha256=plan["labels_sha256"],
+        images_dir=plan["images_dir"],
+        prepared_labels_sha256="",  # filled in by `prepared.finish` once labels.csv is written
+        plan=plan,
+        versions={"python": platform.python_version(), "opencv": _opencv_version(), "numpy": np.__version__},
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    prepared.finish(out, written, manifest)
+    return prepared.read_manifest(out)
 
 
 # --- decoding and writing --------------------------------------------------------------------------------------
@@ -264,43 +258,34 @@ def _write_shards(
     image_size: int,
     workers: int,
     bar: ProgressBar,
-    complete: dict[int, dict[str, Any] | None],
+    complete: dict[int, tuple[Shard, dict[str, str]] | None],
 ) -> None:
     """Decode the images of the ``todo`` shards in ``workers`` processes and write each shard in order."""
-    import tensorflow as tf
-
     n_shards = len(shards)
-    jobs = [(index, shard) for index in todo for shard in [shards[index]]]
-    # spawn: the workers must not inherit TensorFlow's threads from this process. A worker that dies
-    # (killed, out of memory) breaks the pool with an error instead of a hang.
+    jobs = [(index, shards[index]) for index in todo]
+    # spawn: the workers must not inherit the threads of this process (TensorFlow's, when a caller loaded it).
+    # A worker that dies (killed, out of memory) breaks the pool with an error instead of a hang.
     context = multiprocessing.get_context("spawn")
     done = 0
-    with _workers_skip_main(), ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
+    initargs = (os.getpid(),)
+    with _workers_skip_main(), ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_worker_init, initargs=initargs
+    ) as pool:
         results = _decoded(pool, folder, image_size, jobs, workers)
         for index, shard in jobs:
-            name = shard_name(index, n_shards)
-            tmp = out / f".{name}.{os.getpid()}.tmp"
             refused: dict[str, str] = {}
-            count = 0
-            try:
-                with tf.io.TFRecordWriter(os.fspath(tmp)) as writer:
-                    for row in shard.itertuples(index=False):
-                        image, png, why = next(results)
-                        if png is None:
-                            refused[image] = why
-                        else:
-                            writer.write(_example(png, row, tf))
-                            count += 1
-                        done += 1
-                        bar.update(done, f"shard {index + 1}/{n_shards}")
-                digest = sha256_of(tmp)
-                os.replace(tmp, out / name)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            record = {"images": count, "sha256": digest, "refused": refused}
-            write_json_atomic(record, _sidecar(out, index, n_shards))
-            complete[index] = record
+            with prepared.write_shard(out, index, n_shards, image_size) as writer:
+                for _ in range(len(shard)):
+                    image, pixels, why = next(results)
+                    if pixels is None:
+                        refused[image] = why
+                    else:
+                        writer.write(np.frombuffer(pixels, np.uint8).reshape(image_size, image_size))
+                    done += 1
+                    bar.update(done, f"shard {index + 1}/{n_shards}")
+            record = Shard(prepared.shard_name(index, n_shards), writer.images, writer.sha256)
+            prepared.write_sidecar(out, index, n_shards, record, refused)
+            complete[index] = (record, refused)
 
 
 def _decoded(
@@ -346,10 +331,19 @@ def _workers_skip_main() -> Iterator[None]:
             main.__dict__.update(saved)
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int | None = None) -> None:
     import cv2
 
     cv2.setNumThreads(1)  # one process per core already
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def _exit_with(parent: int) -> None:
+    """In a worker: exit as soon as ``parent`` is gone (a SIGKILLed parent cannot stop its workers itself)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os._exit(1)
 
 
 def _encode_block(tasks: list[tuple[str, str, int]]) -> list[tuple[str, bytes | None, str]]:
@@ -357,9 +351,7 @@ def _encode_block(tasks: list[tuple[str, str, int]]) -> list[tuple[str, bytes | 
 
 
 def _encode(task: tuple[str, str, int]) -> tuple[str, bytes | None, str]:
-    """In a worker: decode one image with `pipeline.data.imaging`, resize, and PNG-encode it (lossless)."""
-    import cv2
-
+    """In a worker: decode one image with `pipeline.data.imaging` and resize it; the raw pixels, or why not."""
     path, image, size = task
     try:
         pixels = imaging.resize(imaging.load_image(path), size)
@@ -367,22 +359,7 @@ def _encode(task: tuple[str, str, int]) -> tuple[str, bytes | None, str]:
         return image, None, str(exc).removeprefix(f"{path}: ")
     except Exception as exc:  # noqa: BLE001 - one bad file must never end the preparation
         return image, None, f"could not be decoded ({type(exc).__name__}: {exc})".replace("\n", " ")
-    ok, png = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        return image, None, "could not be PNG-encoded after decoding"
-    return image, png.tobytes(), ""
-
-
-def _example(png: bytes, row: Any, tf: Any) -> bytes:
-    labels = [int(getattr(row, finding)) for finding in FINDINGS]
-    feature = {
-        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png])),
-        "labels": tf.train.Feature(int64_list=tf.train.Int64List(value=labels)),
-        "name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[row.Image.encode()])),
-        "patient": tf.train.Feature(bytes_list=tf.train.BytesList(value=[str(row.PatientId).encode()])),
-    }
-    example = tf.train.Example(features=tf.train.Features(feature=feature))
-    return example.SerializeToString(deterministic=True)  # map order otherwise varies by process
+    return image, np.ascontiguousarray(pixels, np.uint8).tobytes(), ""
 
 
 def _opencv_version() -> str:

@@ -572,11 +572,11 @@ def _guard_note(flagged: dict[str, str], n_images: int) -> list[str]:
 
 def _prepared(path: str | Path) -> Any:
     """The `pipeline.data.input_pipeline.Source` of a prepared folder, or None for a label file."""
-    from pipeline.data import prepare
+    from pipeline.data import prepared
 
-    if not prepare.is_prepared(path):
+    if not prepared.is_prepared(path):
         return None
-    from pipeline.data import input_pipeline  # TensorFlow: only where a prepared folder is read
+    from pipeline.data import input_pipeline
 
     return input_pipeline.open_source(path)
 

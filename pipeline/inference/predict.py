@@ -124,7 +124,7 @@ def predict_prepared(net: keras.Model, source: Any) -> pd.DataFrame:
     """``Image`` and the 14 probabilities of every image of a prepared folder (`pipeline.data.input_pipeline.Source`).
 
     The images are read at the model's input size: as stored when the folder was prepared at that size,
-    else area-resized by TensorFlow from the stored size (close to, not exactly, `pipeline.data.imaging.resize`).
+    else resized from the stored size by `pipeline.data.imaging.resize` (close to, not exactly, resizing the original).
     """
     from pipeline.data import input_pipeline
     from pipeline.networks import densenet

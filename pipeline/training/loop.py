@@ -154,13 +154,14 @@ def train(
     # in the next collective for a worker that has gone.
     state, start_weights, failure = None, None, None
     try:
+        # Images first: an unreadable one is refused before the run folder is written, so it never blocks a rerun.
+        if me.is_chief:
+            input_pipeline.fill_cache(valid_source, image_size)
+        input_pipeline.fill_cache(train_source, image_size, me.index, me.count)
         if me.is_chief:
             state, start_weights = _chief_setup(out, settings, train_source, valid_source, resume, log)
             if state is not None and _finished(state, epochs, patience):
                 _repair_finished(out, state, export, train_source, valid_source, image_size, log)
-            else:
-                input_pipeline.fill_cache(valid_source, image_size)
-        input_pipeline.fill_cache(train_source, image_size, me.index, me.count)
     except InputError as exc:
         failure = exc
     _stop_together(strategy, me, failure)

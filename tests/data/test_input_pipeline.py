@@ -1,16 +1,20 @@
-"""The input pipeline over an image folder and over a prepared folder: same pairs, seeded epochs, worker shards."""
+"""The input pipeline over an image folder and over a prepared folder: same pairs, seeded epochs, worker shards,
+the same batches without TensorFlow, and a prepared folder of the old format refused with the command to redo it."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
-import tensorflow as tf
-from conftest import IMAGES, NIH
+from conftest import IMAGES, NIH, REPO
 
 from pipeline.core.errors import InputError
-from pipeline.data import input_pipeline, prepare
+from pipeline.data import input_pipeline, prepare, prepared
 
 SIZE = 64
 BATCH = 5  # 55 test images: 11 full batches, so one epoch is exactly every image once
@@ -26,7 +30,7 @@ def sources(tmp_path_factory) -> tuple[input_pipeline.Source, input_pipeline.Sou
 def _pairs(dataset) -> list[tuple[str, tuple[float, ...]]]:
     """(hash of the image bytes, labels) of every example of a batched dataset, sorted: order aside."""
     pairs = []
-    for x, y in dataset.as_numpy_iterator():
+    for x, y in dataset.as_numpy_iterator() if hasattr(dataset, "as_numpy_iterator") else dataset:
         for image, labels in zip(x, y, strict=True):
             pairs.append((hashlib.sha256(image.astype(np.uint8).tobytes()).hexdigest(), tuple(labels)))
     return sorted(pairs)
@@ -68,7 +72,7 @@ def test_augmentation_moves_images_a_little_and_never_flips(sources):
     # A bright dot moves a little: rotation <= 6 degrees, zoom <= 10 %, shift <= 5 % of 64 px bound its move.
     dot = np.zeros((64, SIZE, SIZE, 1), np.float32)
     dot[:, 19:22, 39:42] = 255.0
-    out = input_pipeline.augment_batch(tf.constant(dot), tf.constant([7, 0])).numpy()[..., 0]
+    out = input_pipeline.augment_images(dot[..., 0], np.random.default_rng(7))
     peaks = np.array([np.unravel_index(np.argmax(image), image.shape) for image in out])
     moves = np.hypot(peaks[:, 0] - 20, peaks[:, 1] - 40)
     assert moves.max() <= 7 and moves.max() >= 1
@@ -76,7 +80,7 @@ def test_augmentation_moves_images_a_little_and_never_flips(sources):
     marked = np.zeros((64, SIZE, SIZE, 1), np.float32)
     marked[:, 16:48, 4:24] = 255.0
     for seed in range(5):
-        out = input_pipeline.augment_batch(tf.constant(marked), tf.constant([seed, 0])).numpy()[..., 0]
+        out = input_pipeline.augment_images(marked[..., 0], np.random.default_rng(seed))
         left, right = out[:, :, : SIZE // 2].mean(axis=(1, 2)), out[:, :, SIZE // 2 :].mean(axis=(1, 2))
         assert (left > 10 * right).all()
 
@@ -90,7 +94,8 @@ def test_workers_read_disjoint_shards_for_the_same_number_of_steps(sources):
         assert steps == max(-(-size // 5) for size in sizes)
         seen = []
         for worker in (0, 1):
-            unique = {image for image, _ in _pairs(source.images(SIZE, worker, 2).batch(8))}
+            rows = source.rows(SIZE, worker, 2)
+            unique = {hashlib.sha256(image.tobytes()).hexdigest() for image in rows.images(np.arange(len(rows)))}
             epoch = input_pipeline.training_batches(source, SIZE, 5, steps, 1, worker=worker, workers=2, augment=False)
             batches = list(epoch)
             assert len(batches) == steps and all(x.shape[0] == 5 for x, _ in batches)  # wraps around, never short
@@ -113,7 +118,101 @@ def test_sizes_and_refusals(sources, tmp_path):
     damaged = tmp_path / "damaged"
     damaged.mkdir()
     for path in prepared.path.iterdir():
-        if path.name != "shard-00003-of-00016.tfrecord":
+        if path.name != "shard-00003-of-00016.u8":
             (damaged / path.name).symlink_to(path)
-    with pytest.raises(InputError, match="shard shard-00003-of-00016.tfrecord is missing"):
+    with pytest.raises(InputError, match="shard shard-00003-of-00016.u8 is missing"):
         input_pipeline.open_source(damaged)
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    for path in prepared.path.iterdir():
+        data = path.read_bytes()
+        (truncated / path.name).write_bytes(data[:-1] if path.name == "shard-00003-of-00016.u8" else data)
+    with pytest.raises(InputError, match="shard shard-00003-of-00016.u8 is not 4 images of 64 px"):
+        input_pipeline.open_source(truncated)
+
+
+def test_a_folder_of_the_old_tfrecord_format_is_refused_with_the_command_that_prepares_it_again(tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    manifest = {"format": "chestxray-prepared-tfrecord", "format_version": 1, "image_size": 224,
+                "labels_file": "nih/train.csv", "images_dir": "/data/images", "shards": []}
+    (old / prepared.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(InputError) as caught:
+        input_pipeline.open_source(old)
+    message = str(caught.value)
+    assert "older version (TFRecord shards)" in message and "\n" not in message
+    command = "pipeline prepare --labels nih/train.csv --images /data/images --out NEW_FOLDER --image-size 224"
+    assert command in message
+
+
+def test_numpy_batches_are_the_tf_data_batches(sources):
+    for source in sources:
+        steps = input_pipeline.steps_per_epoch(source, BATCH)
+        arrays = list(input_pipeline.training_arrays(source, SIZE, BATCH, steps, seed=4, epoch=2))
+        assert len(arrays) == steps
+        ours = np.concatenate([x for x, _ in arrays])
+        np.testing.assert_array_equal(ours, np.concatenate([x for x, _ in input_pipeline.training_arrays(
+            source, SIZE, BATCH, steps, seed=4, epoch=2)]))
+        assert not np.array_equal(ours, np.concatenate([x for x, _ in input_pipeline.training_arrays(
+            source, SIZE, BATCH, steps, seed=4, epoch=3)]))
+        steps = 3
+        tf_epoch = list(input_pipeline.training_batches(source, SIZE, BATCH, steps, 9, worker=1, workers=2))
+        np_epoch = list(input_pipeline.training_arrays(source, SIZE, BATCH, steps, 9, 0, worker=1, workers=2))
+        assert len(tf_epoch) == len(np_epoch) == steps
+        for (a, b), (c, d) in zip(tf_epoch, np_epoch, strict=True):
+            np.testing.assert_array_equal(a.numpy(), c)
+            np.testing.assert_array_equal(b.numpy(), d)
+    prepared_source, _ = sources
+    tf_batches = list(input_pipeline.evaluation_batches(prepared_source, SIZE, 16).as_numpy_iterator())
+    np_batches = list(input_pipeline.evaluation_arrays(prepared_source, SIZE, 16))
+    assert len(tf_batches) == len(np_batches) == 4
+    for (a, b), (c, d) in zip(tf_batches, np_batches, strict=True):
+        np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(b, d)
+
+
+NO_TENSORFLOW = textwrap.dedent(
+    """
+    import hashlib, sys
+
+    class NoTensorFlow:
+        def find_spec(self, name, path=None, target=None):
+            if name == "tensorflow" or name.startswith("tensorflow."):
+                raise ImportError("TensorFlow is not installed here (blocked by the test)")
+
+    sys.meta_path.insert(0, NoTensorFlow())
+    from pipeline.data import input_pipeline, prepare
+
+    folder, labels, images, out = sys.argv[1:5]
+    prepare.prepare(labels, images, out, 64, workers=2, log=lambda line: None)
+    digest = hashlib.sha256()
+    for source in (input_pipeline.open_source(out), input_pipeline.open_source(labels, images)):
+        steps = input_pipeline.steps_per_epoch(source, 10, workers=2)
+        # Epochs 0 and 1 of worker 1, as a run that started at epoch 0 and one resumed at epoch 1 read them.
+        for epoch in (0, 1):
+            for x, y in input_pipeline.training_arrays(source, 48, 5, steps, 11, epoch, worker=1, workers=2):
+                assert x.dtype.name == y.dtype.name == "float32" and x.shape == (5, 48, 48, 1), (x.shape, x.dtype)
+                digest.update(x.tobytes() + y.tobytes())
+        for x, y in input_pipeline.evaluation_arrays(source, 48, 16):
+            digest.update(x.tobytes() + y.tobytes())
+    assert not any(name == "tensorflow" or name.startswith("tensorflow.") for name in sys.modules)
+    print(digest.hexdigest())
+    """
+)
+
+
+def test_the_input_path_runs_without_tensorflow_and_reproduces_after_a_resume(tmp_path):
+    """`prepare` and both sources' NumPy batches in a process where `import tensorflow` fails; a second process
+    (a resumed run) gets bit-identical batches."""
+    digests = []
+    for attempt in range(2):
+        result = subprocess.run(
+            [sys.executable, "-c", NO_TENSORFLOW, REPO, NIH / "test.csv", IMAGES, tmp_path / f"{attempt}"],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        digests.append(result.stdout.strip())
+    assert digests[0] == digests[1] and len(digests[0]) == 64

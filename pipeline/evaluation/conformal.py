@@ -45,6 +45,7 @@ from pipeline.evaluation.results import (
     Realised,
     align,
     read_conformal,
+    read_metrics,
     read_scored,
     write_conformal,
 )
@@ -371,17 +372,32 @@ OOD_REASON = ("out of distribution ({}): conformal guarantees hold only for imag
 
 def find_for_checkpoint(checkpoint: str | Path) -> tuple[Path, Conformal] | None:
     """The conformal guarantees of a checkpoint's run: its ``eval-test`` folder's, else the first evaluation's
-    that has a conformal.json, else None. A checkpoint under ``checkpoints/`` belongs to the run above it."""
-    folder = Path(checkpoint).resolve().parent
+    that has a conformal.json, else None. A checkpoint under ``checkpoints/`` belongs to the run above it.
+
+    An evaluation whose metrics.json names another checkpoint of the run (``last.keras``, an epoch's) is passed
+    over: its thresholds were calibrated on another model's scores and promise nothing for this one.
+    """
+    checkpoint = Path(checkpoint).resolve()
+    folder = checkpoint.parent
     if folder.name == "checkpoints":
         folder = folder.parent
     found = sorted(path.parent for path in folder.glob(f"*/{CONFORMAL_JSON}"))
     found.sort(key=lambda path: path.name != "eval-test")
     for path in found:
         guarantees = read_conformal(path)
-        if guarantees is not None:
+        if guarantees is not None and _same_model(path, checkpoint):
             return path, guarantees
     return None
+
+
+def _same_model(eval_dir: Path, checkpoint: Path) -> bool:
+    """Whether an evaluation folder scored ``checkpoint``: its metrics.json names it (by file stem, so that a moved
+    run and the ONNX export of the same weights still match), or names none (predictions from a file)."""
+    try:
+        evaluated = read_metrics(eval_dir).checkpoint
+    except InputError:
+        return False
+    return evaluated is None or Path(evaluated).stem == checkpoint.stem
 
 
 def load(eval_dir: str | Path) -> Conformal:

@@ -197,3 +197,21 @@ def test_conformal_json_round_trips(tmp_path):
     with pytest.raises(InputError, match="no entry for Mass"):
         results.read_conformal(tmp_path)
     assert results.read_conformal(tmp_path / "elsewhere") is None
+
+
+def test_a_checkpoint_finds_only_the_guarantees_of_its_own_model(tmp_path):
+    """predict with another checkpoint of the run must not borrow thresholds calibrated on best.keras's scores."""
+    import shutil
+
+    from conftest import REPO
+
+    demo = REPO / "artifacts" / "runs" / "densenet121-128-weighted" / "eval-test"
+    run = tmp_path / "moved-run"
+    (run / "eval-test").mkdir(parents=True)
+    for name in (results.METRICS_JSON, results.CONFORMAL_JSON):
+        shutil.copy(demo / name, run / "eval-test" / name)
+    found = conformal.find_for_checkpoint(run / "best.keras")
+    assert found is not None and found[0] == run / "eval-test" and found[1].miss_rate == 0.2
+    assert conformal.find_for_checkpoint(run / "best.onnx") is not None  # the export of the same weights
+    assert conformal.find_for_checkpoint(run / "last.keras") is None
+    assert conformal.find_for_checkpoint(run / "checkpoints" / "epoch-003.keras") is None

@@ -130,7 +130,7 @@ def group_images(meta: pd.DataFrame, age_edges: Sequence[int]) -> tuple[list[Att
     left_out = {
         "no_metadata": images[no_metadata].tolist(),
         "age_over_100": images[np.isfinite(age) & (age > MAX_AGE)].tolist(),
-        "no_age": images[~no_metadata & ~np.isfinite(age)].tolist(),
+        "no_age": images[~no_metadata & ~(np.isfinite(age) & (age >= 0))].tolist(),  # missing or negative
         "no_sex": images[~no_metadata & (sex < 0)].tolist(),
         "no_view": images[~no_metadata & (view < 0)].tolist(),
     }
@@ -291,7 +291,7 @@ def audit_notes(result: SubgroupAudit) -> list[str]:
         "no_metadata": "have no entry in the NIH metadata and are in no subgroup",
         "age_over_100": f"have a recorded age over {MAX_AGE} (a known NIH data-entry error) and are left out of the "
                         "age groups",
-        "no_age": "have no age and are left out of the age groups",
+        "no_age": "have no age (or a negative one) and are left out of the age groups",
         "no_sex": "have no sex recorded (F or M) and are left out of the sex groups",
         "no_view": "have no view position (PA or AP) and are left out of the view groups",
     }

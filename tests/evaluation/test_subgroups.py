@@ -154,16 +154,19 @@ def test_ages_over_100_and_missing_views_are_reported_and_left_out_of_their_grou
     labels.loc[0, "Age"] = 148
     labels.loc[1, "View"] = np.nan
     labels.loc[2, "View"] = "LL"  # not a frontal PA or AP view
+    labels.loc[3, "Age"] = -2  # in no age group: reported, not silently dropped
     audit = run_audit(labels, predictions, n_bootstrap=10)
-    first, second, third = labels["Image"][:3]
+    first, second, third, fourth = labels["Image"][:4]
     assert audit.left_out["age_over_100"] == [first]
     assert audit.left_out["no_view"] == [second, third]
-    assert sum(g.n_images for g in audit.groups if g.attribute == "age") == 79
-    assert sum(g.n_images for g in audit.groups if g.attribute == "sex x age") == 79
+    assert audit.left_out["no_age"] == [fourth]
+    assert sum(g.n_images for g in audit.groups if g.attribute == "age") == 78
+    assert sum(g.n_images for g in audit.groups if g.attribute == "sex x age") == 78
     assert sum(g.n_images for g in audit.groups if g.attribute == "view") == 78
     assert sum(g.n_images for g in audit.groups if g.attribute == "sex") == 80
     assert any(n.startswith("1 of 80 images have a recorded age over 100") and first in n for n in audit.notes)
     assert any(n.startswith("2 of 80 images have no view position") for n in audit.notes)
+    assert any(n.startswith("1 of 80 images have no age (or a negative one)") and fourth in n for n in audit.notes)
 
 
 def test_written_files_read_back_through_the_typed_reader(tmp_path):

@@ -48,6 +48,7 @@ NORMAL_RULE = (
     "the model calls an image normal when none of the 14 probabilities reaches its finding's operating threshold"
 )
 REST_RULE = "a subgroup's gap = its value - the value of the other images with a known value of the same attribute"
+REST_TOO_FEW = "too few in the rest (< {})"  # a gap whose rest has fewer than min_count positives (or negatives)
 METADATA_COLUMNS = {"Image Index": "Image", "Patient Gender": "Sex", "Patient Age": "Age", "View Position": "View"}
 _TN, _FP, _FN, _TP = range(4)
 
@@ -430,8 +431,9 @@ def summary_table(audit: SubgroupAudit, finding: str | None = None) -> pd.DataFr
             shown = rate.too_few or ("undefined" if rate.value is None else text(rate.value, rate.ci))
             row[f"{names[measure]} (95% CI)"] = shown
             if measure != "auc":
-                row[f"{names[measure]} gap to rest (95% CI)"] = "" if rate.gap is None else text(
-                    rate.gap, rate.gap_ci, signed=True)
+                row[f"{names[measure]} gap to rest (95% CI)"] = (
+                    "" if rate.value is None else REST_TOO_FEW.format(audit.min_count) if rate.gap is None
+                    else text(rate.gap, rate.gap_ci, signed=True))
         rows.append(row)
     return pd.DataFrame(rows)
 

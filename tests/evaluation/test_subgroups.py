@@ -293,3 +293,18 @@ def threshold_file(folder):
     path = folder / "thresholds.json"
     path.write_text(pd.Series(THRESHOLDS).to_json())
     return path
+
+
+def test_a_gap_whose_rest_is_too_small_says_so_instead_of_a_blank():
+    labels, predictions = constructed(40)
+    men = labels.index[labels["Sex"] == "M"]
+    labels.loc[men[4:], "Sex"] = np.nan  # 4 men left: too few to be the women's rest
+    audit = run_audit(labels, predictions, n_bootstrap=20)
+    women = audit.group("sex", "female")
+    assert women.findings["Atelectasis"].sensitivity.value == pytest.approx(0.9)
+    assert women.findings["Atelectasis"].sensitivity.gap is None
+    row = subgroups.summary_table(audit, "Atelectasis").set_index("Subgroup").loc["sex: female"]
+    assert row["Sensitivity gap to rest (95% CI)"] == "too few in the rest (< 10)"
+    men = subgroups.summary_table(audit).set_index("Subgroup").loc["sex: male"]
+    assert men["Underdiagnosis (95% CI)"].startswith("too few")  # the group itself is too few: its own cell says so
+    assert men["Underdiagnosis gap to rest (95% CI)"] == ""

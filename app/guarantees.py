@@ -57,7 +57,8 @@ def guarantee_table(found: Conformal) -> pd.DataFrame:
             "Validation negatives": g.n_negative,
             "Flagged above": g.false_alarm_threshold,
             "False-alarm rate promised": g.false_alarm_bound,
-            "False alarms here [95% CI]": _rate(g.test_false_alarms),
+            "False alarms here [95% CI]": (_rate(g.test_false_alarms) if g.false_alarm_threshold is not None
+                                           else "too few negatives"),
             "Note": "; ".join(g.notes),
         })
     return pd.DataFrame(rows)
@@ -80,8 +81,9 @@ def show_guarantees(name: str, folder: Path) -> None:
                  column_config={c: st.column_config.NumberColumn(c, format="%.3f") for c in numbers})
     st.caption(
         "Promised: k / (n + 1), the finite-sample rate the k-th validation score guarantees (at most the rate asked). "
-        "Here: the rate on this evaluation's images, with its exact binomial 95% interval; a promise that held lies "
-        "within the interval or below it. Findings with too few validation positives get no threshold: nothing "
+        "Here: the rate on this evaluation's images, with its exact binomial 95% interval; the data agree with the "
+        "promise when it lies within the interval or above it, and an interval wholly above it says the promise "
+        "did not hold here. Findings with too few validation positives get no threshold: nothing "
         "is ruled out for them."
     )
     image = found.image

@@ -149,7 +149,7 @@ def evaluate_files(
     if miss_rate is not None:  # calibrated on the validation data, checked on these images
         evaluation.conformal, evaluation.risk_coverage = conformal.from_tables(
             scored.valid, evaluation.labels, evaluation.predictions, miss_rate, false_alarm_rate,
-            test=Path(labels_file).name, n_bootstrap=n_bootstrap, seed=seed,
+            test=str(labels_file), n_bootstrap=n_bootstrap, seed=seed,
             out_of_distribution=scored.out_of_distribution)
         write_conformal(evaluation.conformal, evaluation.risk_coverage, out)
     return evaluation

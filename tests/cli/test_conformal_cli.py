@@ -46,7 +46,8 @@ def test_evaluate_miss_rate_writes_the_order_statistic_and_the_realised_rates(tm
         test_positives = t_scores[finding][t_labels[finding] == 1]
         assert g.test_misses.count == int((test_positives < g.miss_threshold).sum())
         assert g.test_misses.n == len(test_positives) and g.test_misses.ci[0] <= g.test_misses.rate
-    assert "calibrated on" in printed and "checked on test.csv" in printed and "image level:" in printed
+    assert guarantees.test == str(TEST_LABELS)  # the path as given, like calibration: a bare test.csv names no split
+    assert "calibrated on" in printed and f"checked on {TEST_LABELS};" in printed and "image level:" in printed
     curve = results.read_risk_coverage(out)
     assert curve.iloc[0].n_kept == 55 and curve.iloc[-1].n_kept == 0
     assert (out / "conformal.html").is_file() and "conformal.json" in printed

@@ -279,12 +279,17 @@ def image_set(conformal: Conformal, probabilities: Mapping[str, float]) -> list[
     return None if t is None else [f for f in conformal.findings if f in probabilities and probabilities[f] >= t]
 
 
+def percent(bound: float) -> str:
+    """A promised rate in percent, rounded *up* to 0.1: a bound of 1/8 reads 12.5%, never the broken promise 12%."""
+    return f"{math.ceil(round(bound * 1000, 6)) / 10:g}%"
+
+
 def image_set_text(conformal: Conformal) -> str:
     """What the image-level set promises, in words."""
     image = conformal.image
     if image.threshold is None:
         return image.note or "no image-level threshold"
-    return (f"findings scoring at least {image.threshold:.3f}: on average at most {conformal.miss_rate:.0%} of an "
+    return (f"findings scoring at least {image.threshold:.3f}: on average at most {percent(conformal.miss_rate)} of an "
             f"image's true findings fall outside this set (calibrated on {image.n_images} images with a finding "
             f"of {conformal.calibration})")
 
@@ -294,10 +299,10 @@ def guarantee_text(conformal: Conformal, finding: str, given: Answer) -> str:
     g = conformal.findings[finding]
     if given is Answer.RULED_OUT:
         return (f"score below {g.miss_threshold:.3f}: a positive image is ruled out with probability at most "
-                f"{g.miss_bound:.0%} (calibrated on {g.n_positive} positives of {conformal.calibration})")
+                f"{percent(g.miss_bound)} (calibrated on {g.n_positive} positives of {conformal.calibration})")
     if given is Answer.FLAGGED:
         return (f"score above {g.false_alarm_threshold:.3f}: a negative image is flagged with probability at most "
-                f"{g.false_alarm_bound:.0%} (calibrated on {g.n_negative} negatives of {conformal.calibration})")
+                f"{percent(g.false_alarm_bound)} (calibrated on {g.n_negative} negatives of {conformal.calibration})")
     if g.notes:
         return "; ".join(g.notes)
     return "between the thresholds: neither ruled out nor flagged"

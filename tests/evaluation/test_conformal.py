@@ -215,3 +215,16 @@ def test_a_checkpoint_finds_only_the_guarantees_of_its_own_model(tmp_path):
     assert conformal.find_for_checkpoint(run / "best.onnx") is not None  # the export of the same weights
     assert conformal.find_for_checkpoint(run / "last.keras") is None
     assert conformal.find_for_checkpoint(run / "checkpoints" / "epoch-003.keras") is None
+
+
+def test_promised_rates_in_words_are_never_rounded_below_the_bound():
+    assert [conformal.percent(b) for b in (1 / 8, 0.2, 2 / 11, 0.025, 1 / 3)] == ["12.5%", "20%", "18.2%", "2.5%",
+                                                                                  "33.4%"]
+    g = conformal.calibrate_finding(np.r_[np.ones(7), np.zeros(30)], np.r_[np.linspace(0.3, 0.9, 7), np.full(30, 0.1)],
+                                    0.125, 0.2)
+    assert g.miss_bound == 1 / 8
+    found = conformal.calibrate(np.ones((3, 14)), np.full((3, 14), 0.5), 0.5, calibration="valid.csv")
+    found.findings["Atelectasis"] = g
+    assert conformal.guarantee_text(found, "Atelectasis", Answer.RULED_OUT) == (
+        "score below 0.300: a positive image is ruled out with probability at most 12.5% (calibrated on 7 positives "
+        "of valid.csv)")

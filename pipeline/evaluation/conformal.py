@@ -465,6 +465,7 @@ def add_to_evaluation(eval_dir: str | Path, valid_dir: str | Path, miss_rate: fl
     conformal.json and risk_coverage.csv (nothing is predicted again; metrics.json is left as it is)."""
     guarantees, curve = from_tables((*read_scored(valid_dir), _name(valid_dir)), *read_scored(eval_dir), miss_rate,
                                     false_alarm_rate, test=_name(eval_dir), n_bootstrap=n_bootstrap, seed=seed)
+    guarantees.calibration_sha256 = read_metrics(valid_dir).labels_sha256
     write_conformal(guarantees, curve, eval_dir)
     return guarantees
 

@@ -37,6 +37,7 @@ from pipeline.evaluation.results import (
     Summary,
     ThresholdSource,
     align,
+    read_metrics,
     read_predictions,
     read_thresholds,
     write_conformal,
@@ -151,6 +152,8 @@ def evaluate_files(
             scored.valid, evaluation.labels, evaluation.predictions, miss_rate, false_alarm_rate,
             test=str(labels_file), n_bootstrap=n_bootstrap, seed=seed,
             out_of_distribution=scored.out_of_distribution)
+        evaluation.conformal.calibration_sha256 = _calibration_sha256(valid_predictions, valid_labels,
+                                                                      inputs.valid_prepared)
         write_conformal(evaluation.conformal, evaluation.risk_coverage, out)
     return evaluation
 
@@ -508,6 +511,20 @@ def _predict_readable(
     if warn is not None:
         warn(f"{name}: {len(skipped)} images could not be read and are left out ({why})")
     return labels[~labels["Image"].isin(list(skipped))].reset_index(drop=True), predictions, skipped
+
+
+def _calibration_sha256(valid_predictions: str | Path | None, valid_labels: str | Path | None,
+                        valid_prepared: Any) -> str | None:
+    """The SHA-256 of the validation label file conformal thresholds were calibrated on (None where unknown)."""
+    if valid_prepared is not None:
+        return valid_prepared.sha256
+    if valid_labels is not None:
+        return sha256_of(valid_labels)
+    folder = Path(valid_predictions) if Path(valid_predictions).is_dir() else Path(valid_predictions).parent
+    try:
+        return read_metrics(folder).labels_sha256
+    except InputError:  # predictions without a readable metrics.json beside them
+        return None
 
 
 def _validation_folder(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, str]:

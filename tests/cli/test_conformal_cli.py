@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from conftest import NIH, REPO, TEST_DATA, TEST_LABELS, VALID_LABELS, assert_one_line_error, run_main, write_predictions
 
+from pipeline.core.files import sha256_of
 from pipeline.core.findings import FINDINGS
 from pipeline.evaluation import results
 
@@ -32,6 +33,7 @@ def test_evaluate_miss_rate_writes_the_order_statistic_and_the_realised_rates(tm
     guarantees = results.read_conformal(out)
     assert (guarantees.miss_rate, guarantees.false_alarm_rate) == (0.2, 0.1)
     assert guarantees.calibration == str(valid) and guarantees.calibration_images == 55
+    assert guarantees.calibration_sha256 == sha256_of(VALID_LABELS)  # which validation labels, not just their name
     v_labels, v_scores = pd.read_csv(VALID_LABELS), pd.read_csv(tmp_path / "v.csv")
     t_labels, t_scores = pd.read_csv(TEST_LABELS), pd.read_csv(tmp_path / "t.csv")
     for finding in FINDINGS:

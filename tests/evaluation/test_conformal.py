@@ -228,3 +228,11 @@ def test_promised_rates_in_words_are_never_rounded_below_the_bound():
     assert conformal.guarantee_text(found, "Atelectasis", Answer.RULED_OUT) == (
         "score below 0.300: a positive image is ruled out with probability at most 12.5% (calibrated on 7 positives "
         "of valid.csv)")
+
+
+def test_the_shipped_guarantees_name_the_validation_labels_they_were_calibrated_on():
+    from conftest import REPO
+
+    run = REPO / "artifacts" / "runs" / "densenet121-128-weighted"
+    found = results.read_conformal(run / "eval-test")
+    assert found.calibration_sha256 == results.read_metrics(run / "eval-valid").labels_sha256 is not None

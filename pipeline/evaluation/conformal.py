@@ -17,7 +17,7 @@ scoring below t. Then the expected share of a new image's true findings left out
 The guarantees are marginal (on average over calibration sets and new images), hold only for images
 exchangeable with the calibration images, and say nothing about one image. NumPy and SciPy only.
 
-About 450 lines, kept whole on purpose: the per-finding thresholds, the answers built on them, the image-level
+About 480 lines, kept whole on purpose: the per-finding thresholds, the answers built on them, the image-level
 threshold, the realised rates and the abstention curve are one method sharing one rank rule and one stored type
 (`pipeline.evaluation.results.Conformal`); `evaluate` and `predict` call only its public functions.
 """

@@ -5,7 +5,7 @@ predicts the images with a checkpoint), chooses the operating thresholds, comput
 `evaluate_predictions`, and writes the evaluation folder through `pipeline.evaluation.results`, which owns its format.
 Comparing evaluations is `pipeline.evaluation.compare`. TensorFlow is imported only to predict with a checkpoint.
 
-About 550 lines, kept whole on purpose: `evaluate_files` (what the command does, as plain steps: check the
+About 620 lines, kept whole on purpose: `evaluate_files` (what the command does, as plain steps: check the
 arguments, read the inputs, predict, choose the thresholds, compute, stamp the provenance, write) and
 `evaluate_predictions` (the numbers) are the two halves of one evaluation, and the helpers below serve both.
 """

@@ -19,7 +19,7 @@ Each file is written through a temporary file and a rename, and ``metrics.json``
 ``metrics.json`` is complete. `Summary.to_json` writes the keys in the order earlier versions wrote them, so
 ``metrics.json`` stays byte for byte what it was. Imports no TensorFlow.
 
-About 670 lines, kept whole on purpose: every file format of an evaluation folder (and the predictions CSV and
+About 700 lines, kept whole on purpose: every file format of an evaluation folder (and the predictions CSV and
 thresholds JSON users hand to ``evaluate``, which share them) is defined, read and written here and nowhere else.
 """
 

@@ -18,7 +18,7 @@ would add fairlearn and scikit-learn to the runtime dependencies. Here one ``bin
 attribute and finding counts every group's confusion cells, on the very resamples of `metrics.resample_indices`
 that the evaluation's AUC intervals use, and `metrics.grouped_bootstrap_auc` does the same for the AUCs.
 
-About 430 lines, kept whole: the grouping, the counting on shared resamples, the rates, the comparison of two
+About 460 lines, kept whole: the grouping, the counting on shared resamples, the rates, the comparison of two
 models' gaps and the table for pages all rest on one layout of confusion cells; split, each part would restate it.
 """
 

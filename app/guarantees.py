@@ -153,13 +153,16 @@ def batch_columns(found: Conformal | None, names: list[str], answer) -> dict[str
     return {column: ", ".join(f for f, a in given.items() if a.value == column.lower()) for column in ANSWER_COLUMNS}
 
 
-def source_of(evaluation: Path | None) -> tuple[Conformal | None, str]:
-    """The run's guarantees (from its headline evaluation) and where they come from, in words."""
+def source_of(evaluation: Path | None, checkpoint: Path) -> tuple[Conformal | None, str]:
+    """The run's guarantees (from its headline evaluation, if it scored ``checkpoint``) and where they come from."""
     if evaluation is None:
         return None, "the run has no evaluation"
     found, _ = read(evaluation)
     if found is None:
         return None, (f"`{shared.display_path(evaluation)}` has no conformal thresholds (evaluate with "
                       "`--miss-rate`)")
+    if not conformal.scored_by(evaluation, checkpoint):
+        return None, (f"`{shared.display_path(evaluation)}` evaluated another checkpoint than "
+                      f"`{checkpoint.name}`, so its thresholds promise nothing for it (evaluate this one)")
     return found, (f"thresholds from `{shared.display_path(evaluation)}`, calibrated on "
                    f"`{shared.display_path(found.calibration)}` ({found.calibration_images} images)")

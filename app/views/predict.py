@@ -206,7 +206,7 @@ if evaluation is not None:
                           f"{result.threshold_source.describe(result.target_sensitivity)}")
 guarantees, guarantee_source = None, "the run's evaluation could not be read"
 with shared.guard():
-    guarantees, guarantee_source = guarantees_view.source_of(evaluation)
+    guarantees, guarantee_source = guarantees_view.source_of(evaluation, run.checkpoint)
 if stats_time == 0.0:
     st.info(f"Run {run.name} has no typicality statistics, so only the cheap checks (colour, flat, noise, aspect "
             "ratio) guard against images that are not chest X-rays; add them with `python -m pipeline export`.")

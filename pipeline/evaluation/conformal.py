@@ -390,19 +390,19 @@ def find_for_checkpoint(checkpoint: str | Path) -> tuple[Path, Conformal] | None
     found.sort(key=lambda path: path.name != "eval-test")
     for path in found:
         guarantees = read_conformal(path)
-        if guarantees is not None and _same_model(path, checkpoint):
+        if guarantees is not None and scored_by(path, checkpoint):
             return path, guarantees
     return None
 
 
-def _same_model(eval_dir: Path, checkpoint: Path) -> bool:
+def scored_by(eval_dir: str | Path, checkpoint: str | Path) -> bool:
     """Whether an evaluation folder scored ``checkpoint``: its metrics.json names it (by file stem, so that a moved
     run and the ONNX export of the same weights still match), or names none (predictions from a file)."""
     try:
         evaluated = read_metrics(eval_dir).checkpoint
     except InputError:
         return False
-    return evaluated is None or Path(evaluated).stem == checkpoint.stem
+    return evaluated is None or Path(evaluated).stem == Path(checkpoint).stem
 
 
 def load(eval_dir: str | Path) -> Conformal:

@@ -86,3 +86,20 @@ def test_performance_guarantees_view(app):
                for c in app.caption)  # not "below it": an interval wholly above the promise means it broke
     widget(app.multiselect, "Evaluations").set_value(["runs/tiny/eval-valid"]).run()
     assert "has no conformal thresholds" in text(app) and not app.exception
+
+
+def test_guarantees_of_another_checkpoint_are_not_shown_as_this_ones(artifacts_with_guarantees, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    artifacts = shutil.copytree(artifacts_with_guarantees, tmp_path / "artifacts")
+    metrics_file = artifacts / "runs" / "tiny" / "eval-test" / "metrics.json"
+    content = json.loads(metrics_file.read_text())
+    content["checkpoint"] = "runs/tiny/checkpoints/epoch-002.keras"  # calibrated on another model's scores
+    metrics_file.write_text(json.dumps(content))
+    at = open_page(start_app(monkeypatch, artifacts), "predict")
+    at.file_uploader[0].set_value(("x.png", (TEST_DATA / "00000001_000.png").read_bytes(), "image/png")).run()
+    assert not at.exception
+    assert not any("Answer" in d.value.columns for d in at.dataframe)
+    assert any("evaluated another checkpoint than `best.keras`, so its thresholds promise nothing for it" in c.value
+               for c in at.caption)

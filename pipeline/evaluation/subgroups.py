@@ -201,7 +201,7 @@ def rates(cells: np.ndarray) -> dict[str, np.ndarray]:
 
 def audit(labels: pd.DataFrame, predictions: pd.DataFrame, thresholds: Mapping[str, float], meta: pd.DataFrame, *,
           metadata: str = "", age_edges: Sequence[int] = DEFAULT_AGE_EDGES, min_count: int = DEFAULT_MIN_COUNT,
-          n_bootstrap: int = 1000, seed: int = 0) -> SubgroupAudit:
+          n_bootstrap: int = 1000, seed: int = 0, data: str = "") -> SubgroupAudit:
     """The subgroup and underdiagnosis audit of predictions against labels (both in the same image order).
 
     Parameters
@@ -215,6 +215,8 @@ def audit(labels: pd.DataFrame, predictions: pd.DataFrame, thresholds: Mapping[s
         gap, in the rest.
     n_bootstrap, seed
         Resamples of the images (0: no intervals) and their seed, as for the evaluation's AUC intervals.
+    data
+        The labels evaluated (e.g. their file), named in the first note: which data the numbers describe.
     """
     if min_count < 1:
         raise InputError(f"min_count {min_count}: give 1 or more (the fewest positives a number may rest on)")
@@ -251,7 +253,7 @@ def audit(labels: pd.DataFrame, predictions: pd.DataFrame, thresholds: Mapping[s
         n_images=len(labels), attributes=list(ATTRIBUTES), age_edges=check_age_edges(age_edges),
         min_count=min_count, normal_rule=NORMAL_RULE, rest_rule=REST_RULE, n_resamples=n_bootstrap, seed=seed,
         metadata=metadata, left_out=left_out, groups=groups, notes=[])
-    result.notes = audit_notes(result)
+    result.notes = audit_notes(result, data)
     return result
 
 
@@ -276,15 +278,17 @@ def audit_evaluation(evaluation: Evaluation, *, metadata_file: str | Path | None
         return None, None, (f"no subgroup audit: none of the {len(labels)} images has an age, sex or view in "
                             f"{source.split(',')[0]} (e.g. {labels['Image'].iloc[0]})")
     result = audit(labels, evaluation.predictions, evaluation.summary.thresholds, meta, metadata=source,
-                   age_edges=age_edges, min_count=min_count, n_bootstrap=n_bootstrap, seed=seed)
+                   age_edges=age_edges, min_count=min_count, n_bootstrap=n_bootstrap, seed=seed,
+                   data=evaluation.summary.labels_file or "")
     return result, meta, f"subgroup audit of {len(labels)} images by sex, age, view and sex x age (ages, sexes " \
                          f"and views from {source})"
 
 
-def audit_notes(result: SubgroupAudit) -> list[str]:
-    """The honesty lines of an audit: how many images, which were left out of what and why, the "too few" cells."""
+def audit_notes(result: SubgroupAudit, data: str = "") -> list[str]:
+    """The honesty lines of an audit: which and how many images, which were left out of what and why, the "too few"
+    cells."""
     n = result.n_images
-    notes = [f"measured on {n} images at the evaluation's operating thresholds"]
+    notes = [f"measured on {n} images{f' of {data}' if data else ''} at the evaluation's operating thresholds"]
     if n < SMALL_EVALUATION:
         notes.append(f"only {n} images: far too few for conclusions about subgroups; the numbers and intervals here "
                      "illustrate the audit, they do not describe the model")

@@ -218,6 +218,7 @@ def test_evaluate_writes_prints_and_plots_the_audit(tmp_path, capsys):
     assert code == 0, err
     assert "subgroups of 55 images" in printed and "sex: female" in printed and "too few (" in printed
     assert "far too few for conclusions" in printed
+    assert f"note: measured on 55 images of {TEST_LABELS} at the evaluation's operating thresholds" in printed
     for name in (*results.SUBGROUP_FILES, "subgroups_auc.html", "subgroups_gaps.html"):
         assert (out / name).is_file(), name
     audit = results.read_subgroups(out)

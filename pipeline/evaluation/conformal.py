@@ -289,9 +289,9 @@ def image_set_text(conformal: Conformal) -> str:
     image = conformal.image
     if image.threshold is None:
         return image.note or "no image-level threshold"
-    return (f"findings scoring at least {image.threshold:.3f}: on average at most {percent(conformal.miss_rate)} of an "
-            f"image's true findings fall outside this set (calibrated on {image.n_images} images with a finding "
-            f"of {conformal.calibration})")
+    return (f"findings scoring at least {image.threshold:.3f}: on average over images with a finding, at most "
+            f"{percent(conformal.miss_rate)} of an image's true findings fall outside this set (calibrated on "
+            f"{image.n_images} images with a finding of {conformal.calibration})")
 
 
 def guarantee_text(conformal: Conformal, finding: str, given: Answer) -> str:

@@ -57,7 +57,8 @@ def guarantee_table(found: Conformal) -> pd.DataFrame:
             "Validation negatives": g.n_negative,
             "Flagged above": g.false_alarm_threshold,
             "False-alarm rate promised": g.false_alarm_bound,
-            "False alarms here [95% CI]": _rate(g.test_false_alarms),
+            "False alarms here [95% CI]": (_rate(g.test_false_alarms) if g.false_alarm_threshold is not None
+                                           else "too few negatives"),
             "Note": "; ".join(g.notes),
         })
     return pd.DataFrame(rows)
@@ -80,8 +81,9 @@ def show_guarantees(name: str, folder: Path) -> None:
                  column_config={c: st.column_config.NumberColumn(c, format="%.3f") for c in numbers})
     st.caption(
         "Promised: k / (n + 1), the finite-sample rate the k-th validation score guarantees (at most the rate asked). "
-        "Here: the rate on this evaluation's images, with its exact binomial 95% interval; a promise that held lies "
-        "within the interval or below it. Findings with too few validation positives get no threshold: nothing "
+        "Here: the rate on this evaluation's images, with its exact binomial 95% interval; the data agree with the "
+        "promise when it lies within the interval or above it, and an interval wholly above it says the promise "
+        "did not hold here. Findings with too few validation positives get no threshold: nothing "
         "is ruled out for them."
     )
     image = found.image
@@ -151,13 +153,16 @@ def batch_columns(found: Conformal | None, names: list[str], answer) -> dict[str
     return {column: ", ".join(f for f, a in given.items() if a.value == column.lower()) for column in ANSWER_COLUMNS}
 
 
-def source_of(evaluation: Path | None) -> tuple[Conformal | None, str]:
-    """The run's guarantees (from its headline evaluation) and where they come from, in words."""
+def source_of(evaluation: Path | None, checkpoint: Path) -> tuple[Conformal | None, str]:
+    """The run's guarantees (from its headline evaluation, if it scored ``checkpoint``) and where they come from."""
     if evaluation is None:
         return None, "the run has no evaluation"
     found, _ = read(evaluation)
     if found is None:
         return None, (f"`{shared.display_path(evaluation)}` has no conformal thresholds (evaluate with "
                       "`--miss-rate`)")
+    if not conformal.scored_by(evaluation, checkpoint):
+        return None, (f"`{shared.display_path(evaluation)}` evaluated another checkpoint than "
+                      f"`{checkpoint.name}`, so its thresholds promise nothing for it (evaluate this one)")
     return found, (f"thresholds from `{shared.display_path(evaluation)}`, calibrated on "
                    f"`{shared.display_path(found.calibration)}` ({found.calibration_images} images)")

@@ -209,7 +209,7 @@ model_note = (f"model `{shared.display_path(run.checkpoint)}` (run {run.name}, s
               f"{threshold_note}")
 guarantees, guarantee_source = None, "the run's evaluation could not be read"
 with shared.guard():
-    guarantees, guarantee_source = guarantees_view.source_of(evaluation)
+    guarantees, guarantee_source = guarantees_view.source_of(evaluation, run.checkpoint)
 if predictor.note is not None:
     st.warning(shared.redact(predictor.note), icon=":material/warning:")
 if stats_time == 0.0:

@@ -188,6 +188,8 @@ def print_subgroups(out: Path, plots: bool) -> list[str]:
 
 def format_subgroups(audit: Any) -> str:
     """Underdiagnosis and overdiagnosis per subgroup with intervals and gaps; notes; where the rest is."""
+    from pipeline.evaluation.subgroups import REST_TOO_FEW
+
     lines = [
         f"subgroups of {audit.n_images} images; underdiagnosis: abnormal images the model calls normal "
         "(no finding at or above its threshold); overdiagnosis: normal images called abnormal; gap = group - rest",
@@ -201,7 +203,8 @@ def format_subgroups(audit: Any) -> str:
                 cells += [f"too few ({rate.count})" if rate.too_few else "undefined", "-"]
                 continue
             cells += [f"{_num(rate.value)} {_ci(rate.ci):<16}",
-                      f"{_num(rate.gap, True)} {_ci(rate.gap_ci, True):<17}" if rate.gap is not None else "-"]
+                      f"{_num(rate.gap, True)} {_ci(rate.gap_ci, True):<17}" if rate.gap is not None
+                      else REST_TOO_FEW.format(audit.min_count)]
         lines.append(f"{group.attribute + ': ' + group.name:<24} {group.n_images:>6} {group.n_abnormal:>8}  "
                      f"{cells[0]:<22} {cells[1]:<24}  {cells[2]:<22} {cells[3]:<24}".rstrip())
     lines.append(f"too few (n): fewer than {audit.min_count} abnormal (or normal) images, no number given; per "

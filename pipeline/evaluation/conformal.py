@@ -17,7 +17,7 @@ scoring below t. Then the expected share of a new image's true findings left out
 The guarantees are marginal (on average over calibration sets and new images), hold only for images
 exchangeable with the calibration images, and say nothing about one image. NumPy and SciPy only.
 
-About 450 lines, kept whole on purpose: the per-finding thresholds, the answers built on them, the image-level
+About 480 lines, kept whole on purpose: the per-finding thresholds, the answers built on them, the image-level
 threshold, the realised rates and the abstention curve are one method sharing one rank rule and one stored type
 (`pipeline.evaluation.results.Conformal`); `evaluate` and `predict` call only its public functions.
 """
@@ -45,6 +45,7 @@ from pipeline.evaluation.results import (
     Realised,
     align,
     read_conformal,
+    read_metrics,
     read_scored,
     write_conformal,
 )
@@ -278,14 +279,19 @@ def image_set(conformal: Conformal, probabilities: Mapping[str, float]) -> list[
     return None if t is None else [f for f in conformal.findings if f in probabilities and probabilities[f] >= t]
 
 
+def percent(bound: float) -> str:
+    """A promised rate in percent, rounded *up* to 0.1: a bound of 1/8 reads 12.5%, never the broken promise 12%."""
+    return f"{math.ceil(round(bound * 1000, 6)) / 10:g}%"
+
+
 def image_set_text(conformal: Conformal) -> str:
     """What the image-level set promises, in words."""
     image = conformal.image
     if image.threshold is None:
         return image.note or "no image-level threshold"
-    return (f"findings scoring at least {image.threshold:.3f}: on average at most {conformal.miss_rate:.0%} of an "
-            f"image's true findings fall outside this set (calibrated on {image.n_images} images with a finding "
-            f"of {conformal.calibration})")
+    return (f"findings scoring at least {image.threshold:.3f}: on average over images with a finding, at most "
+            f"{percent(conformal.miss_rate)} of an image's true findings fall outside this set (calibrated on "
+            f"{image.n_images} images with a finding of {conformal.calibration})")
 
 
 def guarantee_text(conformal: Conformal, finding: str, given: Answer) -> str:
@@ -293,10 +299,10 @@ def guarantee_text(conformal: Conformal, finding: str, given: Answer) -> str:
     g = conformal.findings[finding]
     if given is Answer.RULED_OUT:
         return (f"score below {g.miss_threshold:.3f}: a positive image is ruled out with probability at most "
-                f"{g.miss_bound:.0%} (calibrated on {g.n_positive} positives of {conformal.calibration})")
+                f"{percent(g.miss_bound)} (calibrated on {g.n_positive} positives of {conformal.calibration})")
     if given is Answer.FLAGGED:
         return (f"score above {g.false_alarm_threshold:.3f}: a negative image is flagged with probability at most "
-                f"{g.false_alarm_bound:.0%} (calibrated on {g.n_negative} negatives of {conformal.calibration})")
+                f"{percent(g.false_alarm_bound)} (calibrated on {g.n_negative} negatives of {conformal.calibration})")
     if g.notes:
         return "; ".join(g.notes)
     return "between the thresholds: neither ruled out nor flagged"
@@ -371,17 +377,32 @@ OOD_REASON = ("out of distribution ({}): conformal guarantees hold only for imag
 
 def find_for_checkpoint(checkpoint: str | Path) -> tuple[Path, Conformal] | None:
     """The conformal guarantees of a checkpoint's run: its ``eval-test`` folder's, else the first evaluation's
-    that has a conformal.json, else None. A checkpoint under ``checkpoints/`` belongs to the run above it."""
-    folder = Path(checkpoint).resolve().parent
+    that has a conformal.json, else None. A checkpoint under ``checkpoints/`` belongs to the run above it.
+
+    An evaluation whose metrics.json names another checkpoint of the run (``last.keras``, an epoch's) is passed
+    over: its thresholds were calibrated on another model's scores and promise nothing for this one.
+    """
+    checkpoint = Path(checkpoint).resolve()
+    folder = checkpoint.parent
     if folder.name == "checkpoints":
         folder = folder.parent
     found = sorted(path.parent for path in folder.glob(f"*/{CONFORMAL_JSON}"))
     found.sort(key=lambda path: path.name != "eval-test")
     for path in found:
         guarantees = read_conformal(path)
-        if guarantees is not None:
+        if guarantees is not None and scored_by(path, checkpoint):
             return path, guarantees
     return None
+
+
+def scored_by(eval_dir: str | Path, checkpoint: str | Path) -> bool:
+    """Whether an evaluation folder scored ``checkpoint``: its metrics.json names it (by file stem, so that a moved
+    run and the ONNX export of the same weights still match), or names none (predictions from a file)."""
+    try:
+        evaluated = read_metrics(eval_dir).checkpoint
+    except InputError:
+        return False
+    return evaluated is None or Path(evaluated).stem == Path(checkpoint).stem
 
 
 def load(eval_dir: str | Path) -> Conformal:
@@ -444,6 +465,7 @@ def add_to_evaluation(eval_dir: str | Path, valid_dir: str | Path, miss_rate: fl
     conformal.json and risk_coverage.csv (nothing is predicted again; metrics.json is left as it is)."""
     guarantees, curve = from_tables((*read_scored(valid_dir), _name(valid_dir)), *read_scored(eval_dir), miss_rate,
                                     false_alarm_rate, test=_name(eval_dir), n_bootstrap=n_bootstrap, seed=seed)
+    guarantees.calibration_sha256 = read_metrics(valid_dir).labels_sha256
     write_conformal(guarantees, curve, eval_dir)
     return guarantees
 

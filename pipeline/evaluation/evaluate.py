@@ -5,7 +5,7 @@ predicts the images with a checkpoint), chooses the operating thresholds, comput
 `evaluate_predictions`, and writes the evaluation folder through `pipeline.evaluation.results`, which owns its format.
 Comparing evaluations is `pipeline.evaluation.compare`. TensorFlow is imported only to predict with a checkpoint.
 
-About 550 lines, kept whole on purpose: `evaluate_files` (what the command does, as plain steps: check the
+About 620 lines, kept whole on purpose: `evaluate_files` (what the command does, as plain steps: check the
 arguments, read the inputs, predict, choose the thresholds, compute, stamp the provenance, write) and
 `evaluate_predictions` (the numbers) are the two halves of one evaluation, and the helpers below serve both.
 """
@@ -39,6 +39,7 @@ from pipeline.evaluation.results import (
     Summary,
     ThresholdSource,
     align,
+    read_metrics,
     read_predictions,
     read_thresholds,
     write_conformal,
@@ -149,8 +150,10 @@ def evaluate_files(
     if miss_rate is not None:  # calibrated on the validation data, checked on these images
         evaluation.conformal, evaluation.risk_coverage = conformal.from_tables(
             scored.valid, evaluation.labels, evaluation.predictions, miss_rate, false_alarm_rate,
-            test=Path(labels_file).name, n_bootstrap=n_bootstrap, seed=seed,
+            test=str(labels_file), n_bootstrap=n_bootstrap, seed=seed,
             out_of_distribution=scored.out_of_distribution)
+        evaluation.conformal.calibration_sha256 = _calibration_sha256(valid_predictions, valid_labels,
+                                                                      inputs.valid_prepared)
 
     def optional_files(folder: Path) -> None:  # into the same temporary folder: the whole folder or nothing
         write_subgroups(audit, metadata, folder)
@@ -511,6 +514,20 @@ def _predict_readable(
         warn(f"{name}: {count(len(skipped), 'image')} could not be read and {plural(len(skipped), 'is', 'are')} "
              f"left out ({why})")
     return labels[~labels["Image"].isin(list(skipped))].reset_index(drop=True), predictions, skipped
+
+
+def _calibration_sha256(valid_predictions: str | Path | None, valid_labels: str | Path | None,
+                        valid_prepared: Any) -> str | None:
+    """The SHA-256 of the validation label file conformal thresholds were calibrated on (None where unknown)."""
+    if valid_prepared is not None:
+        return valid_prepared.sha256
+    if valid_labels is not None:
+        return sha256_of(valid_labels)
+    folder = Path(valid_predictions) if Path(valid_predictions).is_dir() else Path(valid_predictions).parent
+    try:
+        return read_metrics(folder).labels_sha256
+    except InputError:  # predictions without a readable metrics.json beside them
+        return None
 
 
 def _validation_folder(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, str]:

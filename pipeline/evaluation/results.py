@@ -19,7 +19,7 @@ Each file is written through a temporary file and a rename, and ``metrics.json``
 ``metrics.json`` is complete. `Summary.to_json` writes the keys in the order earlier versions wrote them, so
 ``metrics.json`` stays byte for byte what it was. Imports no TensorFlow.
 
-About 670 lines, kept whole on purpose: every file format of an evaluation folder (and the predictions CSV and
+About 700 lines, kept whole on purpose: every file format of an evaluation folder (and the predictions CSV and
 thresholds JSON users hand to ``evaluate``, which share them) is defined, read and written here and nowhere else.
 """
 
@@ -288,11 +288,7 @@ def read_metrics(eval_dir: str | Path) -> Summary:
     path = folder / METRICS_JSON
     if not path.is_file():
         raise InputError(f"{folder}: not an evaluation folder (no {METRICS_JSON}); run `python -m pipeline evaluate`")
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: unreadable ({reason(exc)}); {RERUN}") from None
-    return Summary.from_json(content, str(path))
+    return Summary.from_json(_read_json(path), str(path))
 
 
 def read_evaluation(eval_dir: str | Path) -> SavedEvaluation:
@@ -304,11 +300,24 @@ def read_evaluation(eval_dir: str | Path) -> SavedEvaluation:
         path = folder / name
         if not path.is_file():
             raise InputError(f"{folder}: {name} is missing; {RERUN}")
-        try:
-            frames[name] = pd.read_csv(path)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
-            raise InputError(f"{path}: cannot be read as CSV ({reason(exc)}); {RERUN}") from None
+        frames[name] = _read_csv(path)
     return SavedEvaluation(folder, summary, frames[ROC_CSV], frames[PR_CSV], frames[CALIBRATION_CSV])
+
+
+def _read_json(path: Path) -> Any:
+    """A file of the evaluation folder parsed as JSON; `InputError` naming it when it cannot be."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: unreadable ({reason(exc)}); {RERUN}") from None
+
+
+def _read_csv(path: Path, **options: Any) -> pd.DataFrame:
+    """A CSV file of the evaluation folder; `InputError` naming it when it cannot be read."""
+    try:
+        return pd.read_csv(path, **options)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        raise InputError(f"{path}: cannot be read as CSV ({reason(exc)}); {RERUN}") from None
 
 
 def read_scored(eval_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -560,24 +569,13 @@ def write_subgroups(audit: SubgroupAudit | None, metadata: pd.DataFrame | None, 
 def read_subgroups(eval_dir: str | Path) -> SubgroupAudit | None:
     """An evaluation folder's subgroups.json, or None when it has none (evaluated without metadata or earlier)."""
     path = Path(eval_dir) / SUBGROUPS_JSON
-    if not path.is_file():
-        return None
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: unreadable ({reason(exc)}); {RERUN}") from None
-    return SubgroupAudit.from_json(content, str(path))
+    return SubgroupAudit.from_json(_read_json(path), str(path)) if path.is_file() else None
 
 
 def read_subgroup_metadata(eval_dir: str | Path) -> pd.DataFrame | None:
     """The Image, Sex, Age, View table an audit used (subgroup_metadata.csv), or None when absent."""
     path = Path(eval_dir) / SUBGROUP_METADATA_CSV
-    if not path.is_file():
-        return None
-    try:
-        return pd.read_csv(path, dtype={"Image": str, "Sex": str, "View": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
-        raise InputError(f"{path}: cannot be read as CSV ({reason(exc)}); {RERUN}") from None
+    return _read_csv(path, dtype={"Image": str, "Sex": str, "View": str}) if path.is_file() else None
 
 
 # --- conformal guarantees (conformal.json, risk_coverage.csv; computed by pipeline.evaluation.conformal) -----------
@@ -686,13 +684,7 @@ def write_conformal(conformal: Conformal, risk_coverage: pd.DataFrame | None, ou
 def read_conformal(eval_dir: str | Path) -> Conformal | None:
     """An evaluation folder's conformal guarantees, or None when it has none (evaluated without ``--miss-rate``)."""
     path = Path(eval_dir) / CONFORMAL_JSON
-    if not path.is_file():
-        return None
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: unreadable ({reason(exc)}); {RERUN}") from None
-    return Conformal.from_json(content, str(path))
+    return Conformal.from_json(_read_json(path), str(path)) if path.is_file() else None
 
 
 def read_risk_coverage(eval_dir: str | Path) -> pd.DataFrame | None:
@@ -700,10 +692,7 @@ def read_risk_coverage(eval_dir: str | Path) -> pd.DataFrame | None:
     path = Path(eval_dir) / RISK_COVERAGE_CSV
     if not path.is_file():
         return None
-    try:
-        frame = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
-        raise InputError(f"{path}: cannot be read as CSV ({reason(exc)}); {RERUN}") from None
+    frame = _read_csv(path)
     missing = [c for c in RISK_COVERAGE_COLUMNS if c not in frame.columns]
     if missing:
         raise InputError(f"{path}: no column {first_items(missing)}; {RERUN}")

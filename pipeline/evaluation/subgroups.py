@@ -18,7 +18,7 @@ would add fairlearn and scikit-learn to the runtime dependencies. Here one ``bin
 attribute and finding counts every group's confusion cells, on the very resamples of `metrics.resample_indices`
 that the evaluation's AUC intervals use, and `metrics.grouped_bootstrap_auc` does the same for the AUCs.
 
-About 430 lines, kept whole: the grouping, the counting on shared resamples, the rates, the comparison of two
+About 460 lines, kept whole: the grouping, the counting on shared resamples, the rates, the comparison of two
 models' gaps and the table for pages all rest on one layout of confusion cells; split, each part would restate it.
 """
 
@@ -48,6 +48,7 @@ NORMAL_RULE = (
     "the model calls an image normal when none of the 14 probabilities reaches its finding's operating threshold"
 )
 REST_RULE = "a subgroup's gap = its value - the value of the other images with a known value of the same attribute"
+REST_TOO_FEW = "too few in the rest (< {})"  # a gap whose rest has fewer than min_count positives (or negatives)
 METADATA_COLUMNS = {"Image Index": "Image", "Patient Gender": "Sex", "Patient Age": "Age", "View Position": "View"}
 _TN, _FP, _FN, _TP = range(4)
 
@@ -130,7 +131,7 @@ def group_images(meta: pd.DataFrame, age_edges: Sequence[int]) -> tuple[list[Att
     left_out = {
         "no_metadata": images[no_metadata].tolist(),
         "age_over_100": images[np.isfinite(age) & (age > MAX_AGE)].tolist(),
-        "no_age": images[~no_metadata & ~np.isfinite(age)].tolist(),
+        "no_age": images[~no_metadata & ~(np.isfinite(age) & (age >= 0))].tolist(),  # missing or negative
         "no_sex": images[~no_metadata & (sex < 0)].tolist(),
         "no_view": images[~no_metadata & (view < 0)].tolist(),
     }
@@ -200,7 +201,7 @@ def rates(cells: np.ndarray) -> dict[str, np.ndarray]:
 
 def audit(labels: pd.DataFrame, predictions: pd.DataFrame, thresholds: Mapping[str, float], meta: pd.DataFrame, *,
           metadata: str = "", age_edges: Sequence[int] = DEFAULT_AGE_EDGES, min_count: int = DEFAULT_MIN_COUNT,
-          n_bootstrap: int = 1000, seed: int = 0) -> SubgroupAudit:
+          n_bootstrap: int = 1000, seed: int = 0, data: str = "") -> SubgroupAudit:
     """The subgroup and underdiagnosis audit of predictions against labels (both in the same image order).
 
     Parameters
@@ -214,6 +215,8 @@ def audit(labels: pd.DataFrame, predictions: pd.DataFrame, thresholds: Mapping[s
         gap, in the rest.
     n_bootstrap, seed
         Resamples of the images (0: no intervals) and their seed, as for the evaluation's AUC intervals.
+    data
+        The labels evaluated (e.g. their file), named in the first note: which data the numbers describe.
     """
     if min_count < 1:
         raise InputError(f"min_count {min_count}: give 1 or more (the fewest positives a number may rest on)")
@@ -250,7 +253,7 @@ def audit(labels: pd.DataFrame, predictions: pd.DataFrame, thresholds: Mapping[s
         n_images=len(labels), attributes=list(ATTRIBUTES), age_edges=check_age_edges(age_edges),
         min_count=min_count, normal_rule=NORMAL_RULE, rest_rule=REST_RULE, n_resamples=n_bootstrap, seed=seed,
         metadata=metadata, left_out=left_out, groups=groups, notes=[])
-    result.notes = audit_notes(result)
+    result.notes = audit_notes(result, data)
     return result
 
 
@@ -275,15 +278,17 @@ def audit_evaluation(evaluation: Evaluation, *, metadata_file: str | Path | None
         return None, None, (f"no subgroup audit: none of the {len(labels)} images has an age, sex or view in "
                             f"{source.split(',')[0]} (e.g. {labels['Image'].iloc[0]})")
     result = audit(labels, evaluation.predictions, evaluation.summary.thresholds, meta, metadata=source,
-                   age_edges=age_edges, min_count=min_count, n_bootstrap=n_bootstrap, seed=seed)
+                   age_edges=age_edges, min_count=min_count, n_bootstrap=n_bootstrap, seed=seed,
+                   data=evaluation.summary.labels_file or "")
     return result, meta, f"subgroup audit of {len(labels)} images by sex, age, view and sex x age (ages, sexes " \
                          f"and views from {source})"
 
 
-def audit_notes(result: SubgroupAudit) -> list[str]:
-    """The honesty lines of an audit: how many images, which were left out of what and why, the "too few" cells."""
+def audit_notes(result: SubgroupAudit, data: str = "") -> list[str]:
+    """The honesty lines of an audit: which and how many images, which were left out of what and why, the "too few"
+    cells."""
     n = result.n_images
-    notes = [f"measured on {n} images at the evaluation's operating thresholds"]
+    notes = [f"measured on {n} images{f' of {data}' if data else ''} at the evaluation's operating thresholds"]
     if n < SMALL_EVALUATION:
         notes.append(f"only {n} images: far too few for conclusions about subgroups; the numbers and intervals here "
                      "illustrate the audit, they do not describe the model")
@@ -291,7 +296,7 @@ def audit_notes(result: SubgroupAudit) -> list[str]:
         "no_metadata": "have no entry in the NIH metadata and are in no subgroup",
         "age_over_100": f"have a recorded age over {MAX_AGE} (a known NIH data-entry error) and are left out of the "
                         "age groups",
-        "no_age": "have no age and are left out of the age groups",
+        "no_age": "have no age (or a negative one) and are left out of the age groups",
         "no_sex": "have no sex recorded (F or M) and are left out of the sex groups",
         "no_view": "have no view position (PA or AP) and are left out of the view groups",
     }
@@ -430,8 +435,9 @@ def summary_table(audit: SubgroupAudit, finding: str | None = None) -> pd.DataFr
             shown = rate.too_few or ("undefined" if rate.value is None else text(rate.value, rate.ci))
             row[f"{names[measure]} (95% CI)"] = shown
             if measure != "auc":
-                row[f"{names[measure]} gap to rest (95% CI)"] = "" if rate.gap is None else text(
-                    rate.gap, rate.gap_ci, signed=True)
+                row[f"{names[measure]} gap to rest (95% CI)"] = (
+                    "" if rate.value is None else REST_TOO_FEW.format(audit.min_count) if rate.gap is None
+                    else text(rate.gap, rate.gap_ci, signed=True))
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -73,17 +73,26 @@ def artifacts(small_model, tmp_path_factory):
     return build_artifacts(tmp_path_factory.mktemp("artifacts"), small_model)
 
 
-@pytest.fixture
-def app(artifacts, monkeypatch):
-    """A fresh AppTest of the dashboard reading runs from the test artifacts folder."""
+def start_app(monkeypatch, artifacts: Path | None):
+    """A fresh AppTest of the dashboard, run once without an exception, reading runs from ``artifacts`` (None:
+    the shipped ones)."""
     from streamlit.testing.v1 import AppTest
 
-    monkeypatch.setenv("CHESTXRAY_ARTIFACTS", str(artifacts))
+    if artifacts is None:
+        monkeypatch.delenv("CHESTXRAY_ARTIFACTS", raising=False)
+    else:
+        monkeypatch.setenv("CHESTXRAY_ARTIFACTS", str(artifacts))
     monkeypatch.chdir(REPO)
     at = AppTest.from_file(MAIN, default_timeout=TIMEOUT)
     at.run()
     assert not at.exception
     return at
+
+
+@pytest.fixture
+def app(artifacts, monkeypatch):
+    """A fresh AppTest of the dashboard reading runs from the test artifacts folder."""
+    return start_app(monkeypatch, artifacts)
 
 
 def open_page(at, page: str):

@@ -6,13 +6,12 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from conftest import REPO, TEST_DATA
-from test_app import TIMEOUT, build_artifacts, open_page, text, widget
+from conftest import TEST_DATA
+from test_app import build_artifacts, open_page, start_app, text, widget
 
 from pipeline.core.findings import FINDINGS
 from pipeline.evaluation import conformal
 
-MAIN = str(REPO / "app" / "main.py")
 ANSWERS = {"ruled out", "uncertain", "flagged"}
 
 
@@ -27,14 +26,7 @@ def artifacts_with_guarantees(small_model, tmp_path_factory):
 
 @pytest.fixture
 def app(artifacts_with_guarantees, monkeypatch):
-    from streamlit.testing.v1 import AppTest
-
-    monkeypatch.setenv("CHESTXRAY_ARTIFACTS", str(artifacts_with_guarantees))
-    monkeypatch.chdir(REPO)
-    at = AppTest.from_file(MAIN, default_timeout=TIMEOUT)
-    at.run()
-    assert not at.exception
-    return at
+    return start_app(monkeypatch, artifacts_with_guarantees)
 
 
 def answers_frame(at):
@@ -90,5 +82,24 @@ def test_performance_guarantees_view(app):
     few = table[table["Validation positives"] < 4]
     assert (few["Miss rate here [95% CI]"] == "too few positives").all() and len(few) > 0
     assert any("Risk-coverage" in c.value for c in app.caption)
+    assert any("the data agree with the promise when it lies within the interval or above it" in c.value
+               for c in app.caption)  # not "below it": an interval wholly above the promise means it broke
     widget(app.multiselect, "Evaluations").set_value(["runs/tiny/eval-valid"]).run()
     assert "has no conformal thresholds" in text(app) and not app.exception
+
+
+def test_guarantees_of_another_checkpoint_are_not_shown_as_this_ones(artifacts_with_guarantees, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    artifacts = shutil.copytree(artifacts_with_guarantees, tmp_path / "artifacts")
+    metrics_file = artifacts / "runs" / "tiny" / "eval-test" / "metrics.json"
+    content = json.loads(metrics_file.read_text())
+    content["checkpoint"] = "runs/tiny/checkpoints/epoch-002.keras"  # calibrated on another model's scores
+    metrics_file.write_text(json.dumps(content))
+    at = open_page(start_app(monkeypatch, artifacts), "predict")
+    at.file_uploader[0].set_value(("x.png", (TEST_DATA / "00000001_000.png").read_bytes(), "image/png")).run()
+    assert not at.exception
+    assert not any("Answer" in d.value.columns for d in at.dataframe)
+    assert any("evaluated another checkpoint than `best.keras`, so its thresholds promise nothing for it" in c.value
+               for c in at.caption)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import NIH, REPO
-from test_app import TIMEOUT, build_artifacts, open_page, text, widget
+from conftest import NIH
+from test_app import build_artifacts, open_page, start_app, text, widget
 
 from pipeline.cli import main
 
-MAIN = str(REPO / "app" / "main.py")
 BOXED = NIH / "boxed"
 
 
@@ -25,18 +24,11 @@ def artifacts_with_localization(small_model, small_checkpoint, tmp_path_factory)
 
 
 def start(monkeypatch, artifacts, images=None):
-    from streamlit.testing.v1 import AppTest
-
-    monkeypatch.setenv("CHESTXRAY_ARTIFACTS", str(artifacts))
     if images is None:
         monkeypatch.delenv("CHESTXRAY_IMAGES", raising=False)
     else:
         monkeypatch.setenv("CHESTXRAY_IMAGES", str(images))
-    monkeypatch.chdir(REPO)
-    at = AppTest.from_file(MAIN, default_timeout=TIMEOUT)
-    at.run()
-    assert not at.exception
-    return at
+    return start_app(monkeypatch, artifacts)
 
 
 def test_localization_view_model_against_baseline_with_gallery(artifacts_with_localization, monkeypatch):

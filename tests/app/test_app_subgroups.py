@@ -4,30 +4,16 @@ from __future__ import annotations
 
 import shutil
 
-import pytest
 from conftest import REPO
-from test_app import MAIN, TIMEOUT, open_page, text, widget
+from test_app import open_page, start_app, text, widget
 
 from pipeline.evaluation import results
 
 RUNS = REPO / "artifacts" / "runs"
 DEMO = RUNS / "densenet121-128-weighted" / "eval-test"
 
-pytestmark = pytest.mark.skipif(not (DEMO / results.SUBGROUPS_JSON).is_file(),
-                                reason="the shipped demo evaluation has no subgroups.json")
-
-
 def performance(monkeypatch, artifacts=None):
-    from streamlit.testing.v1 import AppTest
-
-    if artifacts is None:
-        monkeypatch.delenv("CHESTXRAY_ARTIFACTS", raising=False)
-    else:
-        monkeypatch.setenv("CHESTXRAY_ARTIFACTS", str(artifacts))
-    monkeypatch.chdir(REPO)
-    at = AppTest.from_file(MAIN, default_timeout=TIMEOUT)
-    at.run()
-    return open_page(at, "performance")
+    return open_page(start_app(monkeypatch, artifacts), "performance")
 
 
 def subgroup_table(at, first_column="Subgroup", contains=None):

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from conftest import NIH, REPO, TEST_DATA, TEST_LABELS, VALID_LABELS, assert_one_line_error, run_main, write_predictions
 
+from pipeline.core.files import sha256_of
 from pipeline.core.findings import FINDINGS
 from pipeline.evaluation import results
 
@@ -32,6 +33,7 @@ def test_evaluate_miss_rate_writes_the_order_statistic_and_the_realised_rates(tm
     guarantees = results.read_conformal(out)
     assert (guarantees.miss_rate, guarantees.false_alarm_rate) == (0.2, 0.1)
     assert guarantees.calibration == str(valid) and guarantees.calibration_images == 55
+    assert guarantees.calibration_sha256 == sha256_of(VALID_LABELS)  # which validation labels, not just their name
     v_labels, v_scores = pd.read_csv(VALID_LABELS), pd.read_csv(tmp_path / "v.csv")
     t_labels, t_scores = pd.read_csv(TEST_LABELS), pd.read_csv(tmp_path / "t.csv")
     for finding in FINDINGS:
@@ -46,7 +48,8 @@ def test_evaluate_miss_rate_writes_the_order_statistic_and_the_realised_rates(tm
         test_positives = t_scores[finding][t_labels[finding] == 1]
         assert g.test_misses.count == int((test_positives < g.miss_threshold).sum())
         assert g.test_misses.n == len(test_positives) and g.test_misses.ci[0] <= g.test_misses.rate
-    assert "calibrated on" in printed and "checked on test.csv" in printed and "image level:" in printed
+    assert guarantees.test == str(TEST_LABELS)  # the path as given, like calibration: a bare test.csv names no split
+    assert "calibrated on" in printed and f"checked on {TEST_LABELS};" in printed and "image level:" in printed
     curve = results.read_risk_coverage(out)
     assert curve.iloc[0].n_kept == 55 and curve.iloc[-1].n_kept == 0
     assert (out / "conformal.html").is_file() and "conformal.json" in printed
@@ -93,7 +96,8 @@ def test_predict_json_carries_three_answers_and_an_ood_image_none(tmp_path):
             assert given != "ruled out"
             assert given == "flagged" or "too few" in answer["guarantees"][finding]
     assert answer["image_set"] == [f for f in FINDINGS if xray["probabilities"][f] >= shipped.image.threshold]
-    assert "of an image's true findings fall outside this set" in answer["image_set_guarantee"]
+    assert "on average over images with a finding, at most 20% of an image's true findings fall outside this set" \
+        in answer["image_set_guarantee"]  # the risk is controlled over images with a finding, not all images
     assert flagged["in_distribution"] is False
     assert "image_set" not in flagged["conformal"]
     assert flagged["conformal"]["answers"] is None and "guarantees" not in flagged["conformal"]

@@ -197,3 +197,42 @@ def test_conformal_json_round_trips(tmp_path):
     with pytest.raises(InputError, match="no entry for Mass"):
         results.read_conformal(tmp_path)
     assert results.read_conformal(tmp_path / "elsewhere") is None
+
+
+def test_a_checkpoint_finds_only_the_guarantees_of_its_own_model(tmp_path):
+    """predict with another checkpoint of the run must not borrow thresholds calibrated on best.keras's scores."""
+    import shutil
+
+    from conftest import REPO
+
+    demo = REPO / "artifacts" / "runs" / "densenet121-128-weighted" / "eval-test"
+    run = tmp_path / "moved-run"
+    (run / "eval-test").mkdir(parents=True)
+    for name in (results.METRICS_JSON, results.CONFORMAL_JSON):
+        shutil.copy(demo / name, run / "eval-test" / name)
+    found = conformal.find_for_checkpoint(run / "best.keras")
+    assert found is not None and found[0] == run / "eval-test" and found[1].miss_rate == 0.2
+    assert conformal.find_for_checkpoint(run / "best.onnx") is not None  # the export of the same weights
+    assert conformal.find_for_checkpoint(run / "last.keras") is None
+    assert conformal.find_for_checkpoint(run / "checkpoints" / "epoch-003.keras") is None
+
+
+def test_promised_rates_in_words_are_never_rounded_below_the_bound():
+    assert [conformal.percent(b) for b in (1 / 8, 0.2, 2 / 11, 0.025, 1 / 3)] == ["12.5%", "20%", "18.2%", "2.5%",
+                                                                                  "33.4%"]
+    g = conformal.calibrate_finding(np.r_[np.ones(7), np.zeros(30)], np.r_[np.linspace(0.3, 0.9, 7), np.full(30, 0.1)],
+                                    0.125, 0.2)
+    assert g.miss_bound == 1 / 8
+    found = conformal.calibrate(np.ones((3, 14)), np.full((3, 14), 0.5), 0.5, calibration="valid.csv")
+    found.findings["Atelectasis"] = g
+    assert conformal.guarantee_text(found, "Atelectasis", Answer.RULED_OUT) == (
+        "score below 0.300: a positive image is ruled out with probability at most 12.5% (calibrated on 7 positives "
+        "of valid.csv)")
+
+
+def test_the_shipped_guarantees_name_the_validation_labels_they_were_calibrated_on():
+    from conftest import REPO
+
+    run = REPO / "artifacts" / "runs" / "densenet121-128-weighted"
+    found = results.read_conformal(run / "eval-test")
+    assert found.calibration_sha256 == results.read_metrics(run / "eval-valid").labels_sha256 is not None

@@ -154,16 +154,19 @@ def test_ages_over_100_and_missing_views_are_reported_and_left_out_of_their_grou
     labels.loc[0, "Age"] = 148
     labels.loc[1, "View"] = np.nan
     labels.loc[2, "View"] = "LL"  # not a frontal PA or AP view
+    labels.loc[3, "Age"] = -2  # in no age group: reported, not silently dropped
     audit = run_audit(labels, predictions, n_bootstrap=10)
-    first, second, third = labels["Image"][:3]
+    first, second, third, fourth = labels["Image"][:4]
     assert audit.left_out["age_over_100"] == [first]
     assert audit.left_out["no_view"] == [second, third]
-    assert sum(g.n_images for g in audit.groups if g.attribute == "age") == 79
-    assert sum(g.n_images for g in audit.groups if g.attribute == "sex x age") == 79
+    assert audit.left_out["no_age"] == [fourth]
+    assert sum(g.n_images for g in audit.groups if g.attribute == "age") == 78
+    assert sum(g.n_images for g in audit.groups if g.attribute == "sex x age") == 78
     assert sum(g.n_images for g in audit.groups if g.attribute == "view") == 78
     assert sum(g.n_images for g in audit.groups if g.attribute == "sex") == 80
     assert any(n.startswith("1 of 80 images have a recorded age over 100") and first in n for n in audit.notes)
     assert any(n.startswith("2 of 80 images have no view position") for n in audit.notes)
+    assert any(n.startswith("1 of 80 images have no age (or a negative one)") and fourth in n for n in audit.notes)
 
 
 def test_written_files_read_back_through_the_typed_reader(tmp_path):
@@ -215,6 +218,7 @@ def test_evaluate_writes_prints_and_plots_the_audit(tmp_path, capsys):
     assert code == 0, err
     assert "subgroups of 55 images" in printed and "sex: female" in printed and "too few (" in printed
     assert "far too few for conclusions" in printed
+    assert f"note: measured on 55 images of {TEST_LABELS} at the evaluation's operating thresholds" in printed
     for name in (*results.SUBGROUP_FILES, "subgroups_auc.html", "subgroups_gaps.html"):
         assert (out / name).is_file(), name
     audit = results.read_subgroups(out)
@@ -292,3 +296,18 @@ def threshold_file(folder):
     path = folder / "thresholds.json"
     path.write_text(pd.Series(THRESHOLDS).to_json())
     return path
+
+
+def test_a_gap_whose_rest_is_too_small_says_so_instead_of_a_blank():
+    labels, predictions = constructed(40)
+    men = labels.index[labels["Sex"] == "M"]
+    labels.loc[men[4:], "Sex"] = np.nan  # 4 men left: too few to be the women's rest
+    audit = run_audit(labels, predictions, n_bootstrap=20)
+    women = audit.group("sex", "female")
+    assert women.findings["Atelectasis"].sensitivity.value == pytest.approx(0.9)
+    assert women.findings["Atelectasis"].sensitivity.gap is None
+    row = subgroups.summary_table(audit, "Atelectasis").set_index("Subgroup").loc["sex: female"]
+    assert row["Sensitivity gap to rest (95% CI)"] == "too few in the rest (< 10)"
+    men = subgroups.summary_table(audit).set_index("Subgroup").loc["sex: male"]
+    assert men["Underdiagnosis (95% CI)"].startswith("too few")  # the group itself is too few: its own cell says so
+    assert men["Underdiagnosis gap to rest (95% CI)"] == ""

@@ -120,9 +120,9 @@ def charts(at) -> list[str]:
     return shown
 
 
-PERFORMANCE_CHARTS = [  # one evaluation, all findings: ROC, PR and calibration curves, then the run's history
+PERFORMANCE_CHARTS = [  # one evaluation, all findings: ROC, PR and calibration curves, the run's history, subgroups
     "True positive rate (sensitivity)", "Precision (PPV)", "Observed share of positives", "Loss per epoch",
-    "Validation mean AUC per epoch",
+    "Validation mean AUC per epoch", "Gap to the rest per subgroup: 55 images, 95% bootstrap intervals",
 ]
 
 
@@ -353,8 +353,8 @@ def test_damaged_artifacts_never_end_a_page_in_a_traceback(artifacts, tmp_path, 
         if kind == "corrupt-metrics":  # the test evaluation is unreadable: the others are offered
             assert "runs/tiny/eval-valid" in widget(at.multiselect, "Evaluations").options
         else:  # the curves always; the training history unless its history.csv is the broken file
-            history = [] if kind == "truncated-history" else PERFORMANCE_CHARTS[3:]
-            assert charts(at) == PERFORMANCE_CHARTS[:3] + history
+            history = [] if kind == "truncated-history" else PERFORMANCE_CHARTS[3:5]
+            assert charts(at) == PERFORMANCE_CHARTS[:3] + history + PERFORMANCE_CHARTS[5:]
     elif page == "predict":
         if kind == "missing-checkpoint":
             assert "has no checkpoint" in body

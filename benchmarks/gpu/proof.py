@@ -32,7 +32,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 NIH = REPO / "nih"
-METADATA = NIH / "metadata" / "Data_Entry_2017_v2020.csv.gz"
+METADATA = REPO / "pipeline" / "metadata" / "Data_Entry_2017_v2020.csv.gz"  # shipped with the package
 H200_BF16_TFLOPS = 989.0  # dense bfloat16, NVIDIA's H200 SXM datasheet; --peak-tflops for another card
 
 

@@ -206,11 +206,11 @@ def _check_arguments(
     n_bootstrap: int,
 ) -> None:
     """The rules between `evaluate_files`'s arguments, checked before anything is read."""
-    from pipeline.data import prepare
+    from pipeline.data import prepared
 
     if (checkpoint is None) == (predictions_file is None):
         raise InputError("give one of `checkpoint` (a model to run) or `predictions_file` (its predictions)")
-    if checkpoint is not None and images is None and not prepare.is_prepared(labels_file):
+    if checkpoint is not None and images is None and not prepared.is_prepared(labels_file):
         raise InputError("`checkpoint` needs `images`, the folder holding the labelled images")
     if valid_labels is not None and checkpoint is None:
         raise InputError(

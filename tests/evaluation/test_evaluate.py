@@ -261,7 +261,7 @@ def test_evaluate_a_checkpoint_on_20_images(small_checkpoint, small_model, tmp_p
     argv = ["evaluate", "--checkpoint", small_checkpoint, "--labels", tmp_path / "labels.csv", "--images", images]
     code, stdout, err = run_main(capsys, *argv, "--out", out, "--valid-labels", tmp_path / "valid.csv")
     assert code == 0, err
-    assert err.startswith("warning: labels.csv: 1 images could not be read")
+    assert err.startswith("warning: labels.csv: 1 image could not be read and is left out")
     summary = strict_json(out / "metrics.json")
     assert summary["n_images"] == 20 and summary["checkpoint"] == str(small_checkpoint)
     assert list(summary["skipped_images"]) == [broken]

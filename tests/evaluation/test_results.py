@@ -8,6 +8,7 @@ import shutil
 import pytest
 from conftest import REPO
 
+from pipeline import plots
 from pipeline.core.errors import InputError
 from pipeline.core.findings import FINDINGS
 from pipeline.evaluation import results
@@ -149,5 +150,5 @@ def test_a_full_disk_leaves_the_evaluation_folder_whole_or_absent(evaluated, tmp
     code, _, _ = run_main(capsys, "evaluate", "--predictions", predictions, "--labels", TEST_LABELS, "--out", out,
                           "--bootstrap", "20", "--plots")
     assert code == 0 and results.read_evaluation(out).summary.n_images == 55
-    assert (out / "roc.html").is_file() and (out / "notes.txt").is_file() == existing
+    assert (out / plots.EVALUATION_PAGE).is_file() and (out / "notes.txt").is_file() == existing
     assert [p.name for p in tmp_path.iterdir()] == ["eval"]

@@ -9,7 +9,7 @@ gradient by ``p_k * (1 - p_k) > 0``, another positive per-class factor. Each map
 [0, 1], which removes these factors, so one forward pass that returns ``A`` and the probabilities gives
 all 14 maps. The generic GradientTape version the tests hold this to is `tests/explain/gradcam_reference.py`.
 
-TensorFlow is imported inside the functions that take a Keras model, so `maps_from_cams` and `overlay`
+Keras (any backend) is imported inside the functions that take a Keras model, so `maps_from_cams` and `overlay`
 serve an exported model (`pipeline.inference.serving`) without it.
 """
 
@@ -43,9 +43,9 @@ def heatmaps(model: keras.Model, image: np.ndarray, full_size: bool = True) -> t
     image = np.asarray(image)
     features, probabilities = inference_function(model)(model_input(model, image))
     kernel = keras.ops.convert_to_numpy(model.get_layer(HEAD_LAYER).kernel)  # channels x findings
-    cams = np.maximum(features.numpy()[0] @ kernel, 0.0)  # h x w x findings
+    cams = np.maximum(features[0] @ kernel, 0.0)  # h x w x findings
     shape = image.shape if full_size else (input_size(model),) * 2
-    return probabilities.numpy()[0], maps_from_cams(cams, shape)
+    return probabilities[0], maps_from_cams(cams, shape)
 
 
 def maps_from_cams(cams: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -3,7 +3,7 @@
 Images are decoded by `pipeline.data.imaging.load_image` and resized with `pipeline.data.imaging.resize` to the
 checkpoint's input size; everything else (channels, normalisation) happens inside the model. The command
 answers from the checkpoint's export (`pipeline.inference.serving`) when there is a current one, so this module
-imports TensorFlow (through `pipeline.networks.densenet`) only inside the functions that run a Keras model.
+imports Keras and its backend (through `pipeline.networks.densenet`) only inside the functions that run a Keras model.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def predict_prepared(net: keras.Model, source: Any) -> pd.DataFrame:
     names = densenet.finding_names(net)
     infer = densenet.inference_function(net)
     batches = input_pipeline.evaluation_batches(source, size, BATCH_SIZE * 4)
-    rows = [infer(x)[1].numpy() for x, _ in batches]
+    rows = [infer(np.asarray(x))[1] for x, _ in batches]
     probabilities = np.concatenate(rows) if rows else _empty(net)
     table = pd.DataFrame(probabilities.astype(np.float64), columns=names)[list(FINDINGS)]
     table.insert(0, "Image", source.table["Image"].to_numpy())
@@ -161,7 +161,7 @@ def _forward(net: keras.Model, images: list[np.ndarray]) -> np.ndarray:
 
     x = np.stack(images)[..., np.newaxis].astype(np.float32)
     _, probabilities = densenet.inference_function(net)(x)
-    return probabilities.numpy().astype(np.float32)
+    return probabilities.astype(np.float32)
 
 
 def _empty(net: keras.Model) -> np.ndarray:

@@ -11,7 +11,8 @@ The layout, written by `pipeline.training.loop` and `pipeline.evaluation.evaluat
 
 Any folder under the artifacts folder holding a ``metrics.json`` counts as an evaluation, so evaluations
 written elsewhere (e.g. ``artifacts/scratch/``) are found too. Only small text files are read here, never
-a model, so the dashboard can list runs without importing TensorFlow. The default artifacts folder is
+a model, so the dashboard can list runs without importing TensorFlow. The file names are those of
+`pipeline.training.run_folder`, which owns the run folder's format. The default artifacts folder is
 `pipeline.core.paths.artifacts_dir`.
 """
 
@@ -24,6 +25,8 @@ import pandas as pd
 
 from pipeline.core.errors import InputError, reason
 from pipeline.core.files import read_json_object
+from pipeline.evaluation.results import METRICS_JSON
+from pipeline.training.run_folder import BEST, CHECKPOINTS, CONFIG, HISTORY
 
 DEMO_RUN = "densenet121-128-weighted"  # the run whose checkpoint ships with the repository (README, Demo model)
 
@@ -43,11 +46,12 @@ def find_runs(artifacts: str | Path) -> list[Run]:
     """Every folder under ``<artifacts>/runs/`` with a config, a history, a checkpoint or an evaluation, by name."""
     runs = []
     for folder in sorted(Path(artifacts, "runs").glob("*/")):
-        checkpoints = tuple(sorted(folder.glob("checkpoints/[!.]*.keras"), key=lambda p: (p.stat().st_mtime, p.name)))
-        best = folder / "best.keras"
+        found = folder.glob(f"{CHECKPOINTS}/[!.]*.keras")
+        checkpoints = tuple(sorted(found, key=lambda p: (p.stat().st_mtime, p.name)))
+        best = folder / BEST
         checkpoint = best if best.is_file() else (checkpoints[-1] if checkpoints else None)
-        evaluations = tuple(sorted(p.parent for p in folder.glob("*/metrics.json")))
-        has_record = (folder / "config.json").is_file() or (folder / "history.csv").is_file()
+        evaluations = tuple(sorted(p.parent for p in folder.glob(f"*/{METRICS_JSON}")))
+        has_record = (folder / CONFIG).is_file() or (folder / HISTORY).is_file()
         if checkpoint or evaluations or has_record:
             runs.append(Run(folder.name, folder, checkpoint, checkpoints, evaluations))
     return runs
@@ -55,18 +59,18 @@ def find_runs(artifacts: str | Path) -> list[Run]:
 
 def find_evaluations(artifacts: str | Path) -> list[Path]:
     """Every folder under ``artifacts`` that holds a ``metrics.json``, sorted by path."""
-    return sorted(path.parent for path in Path(artifacts).rglob("metrics.json"))
+    return sorted(path.parent for path in Path(artifacts).rglob(METRICS_JSON))
 
 
 def read_config(run_dir: str | Path) -> dict:
     """The run's ``config.json``, or ``{}`` when the run has none."""
-    path = Path(run_dir) / "config.json"
+    path = Path(run_dir) / CONFIG
     return read_json_object(path, "rewrite or delete it") if path.is_file() else {}
 
 
 def read_history(run_dir: str | Path) -> pd.DataFrame | None:
     """The run's ``history.csv`` (one row per epoch), or None when the run has none."""
-    path = Path(run_dir) / "history.csv"
+    path = Path(run_dir) / HISTORY
     if not path.is_file():
         return None
     try:

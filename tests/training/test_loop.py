@@ -314,16 +314,32 @@ def test_loss_choice_and_its_record_in_the_config(split):
 
 
 def test_plateau_halves_the_learning_rate_and_patience_stops():
-    state = run_folder.initial_state(lr=1e-3, seed=0)
+    state = run_folder.RunState(lr=1e-3, seed=0)
     lrs, stops = [], []
     for epoch, auc in enumerate([0.60, 0.65, 0.64, 0.63, 0.62, 0.66, 0.61, 0.61, 0.61, 0.61], start=1):
-        lrs.append(state["lr"])
-        state = run_folder.next_state(state, {"epoch": epoch, "val_mean_auc": auc}, f"epoch-{epoch:03d}.keras", epoch)
-        stops.append(run_folder.finished(state, epochs=100, patience=4))
+        lrs.append(state.lr)
+        state = state.after_epoch({"epoch": epoch, "val_mean_auc": auc}, f"epoch-{epoch:03d}.keras", epoch)
+        stops.append(state.finished(epochs=100, patience=4))
     # Halved after every 2 epochs without a gain (epochs 4 and 8); the gain at epoch 6 resets both counters.
     assert lrs == [1e-3, 1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 5e-4, 5e-4, 2.5e-4, 2.5e-4]
-    assert (state["best_epoch"], state["best_auc"]) == (6, 0.66)
+    assert (state.best_epoch, state.best_auc) == (6, 0.66)
     assert stops.index(True) == 9  # epoch 10, the fourth without a gain since epoch 6
+
+
+def test_state_json_round_trips_and_refuses_a_damaged_file(tmp_path):
+    """state.json keeps the keys and order of the untyped state, so older run folders resume."""
+    state = run_folder.RunState(lr=1e-3, seed=7).after_epoch(
+        {"epoch": 1, "val_mean_auc": 0.6}, "checkpoints/epoch-001.keras", 5
+    )
+    run_folder.write_state(tmp_path, state)
+    data = json.loads((tmp_path / run_folder.STATE).read_text())
+    assert list(data) == ["epoch", "checkpoint", "optimizer_iterations", "best_auc", "best_epoch", "lr",
+                          "epochs_without_gain", "epochs_on_plateau", "seed", "history"]
+    assert run_folder.read_state(tmp_path) == state
+    del data["best_epoch"]
+    (tmp_path / run_folder.STATE).write_text(json.dumps(data))
+    with pytest.raises(InputError, match="no best_epoch; the run folder is damaged"):
+        run_folder.read_state(tmp_path)
 
 
 def test_validation_auc_skips_findings_without_both_classes():

@@ -11,21 +11,27 @@ variables start equal everywhere; the chief then broadcasts what it loaded (resu
 Only the chief writes the run folder. With several processes the variables span devices the chief cannot
 read alone, so it validates and saves a local copy of the model (`JaxEngine.local_model`).
 
-A process that dies (SIGKILL) leaves the others blocked in a collective. A watchdog thread of every process
-beats through `jax.distributed`'s key-value store every `HEARTBEAT_S` seconds and watches the others' beats;
-when a peer (or the coordinator, process 0) has been silent for `SILENT_S` seconds it prints one line and
-ends the process with exit status 1, well before the coordination service's own abort (exit 134 without a
-message, `HEARTBEAT_TIMEOUT_S`).
+A process that dies (SIGKILL) leaves the others in a collective. Where the collective fails (gloo on CPUs
+reports "connection closed by peer" at once), the survivor prints one line and ends with exit status 1
+(`_collective`); ending at once matters, because a normal exit waits in jax.distributed's shutdown barrier
+and is then aborted (exit 134, a C++ stack and no useful line). Where it would block instead (a machine
+gone from the network), a watchdog thread of every process beats through `jax.distributed`'s key-value
+store every `HEARTBEAT_S` seconds and watches the others' beats; a peer (or the coordinator, process 0)
+silent for `SILENT_S` seconds ends the process the same way. So survivors stop within `SILENT_S` +
+`HEARTBEAT_S` seconds (22 s), before the coordination service's own abort (`HEARTBEAT_TIMEOUT_S`). When
+the coordinator itself dies, jax.distributed's client notices within about a second and would abort the
+process with a C++ stack; `_initialize` hands it a callback that prints the one line instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import keras
 import numpy as np
@@ -62,7 +68,7 @@ class JaxEngine:
         if strategy == "multi-worker":
             coordinator, count, index = cluster_from_env(os.environ)
             jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPUs; GPUs use NCCL regardless
-            jax.distributed.initialize(coordinator, count, index, heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
+            _initialize(coordinator, count, index)
             self._watchdog = _Watchdog(index, count)
         devices = jax.devices()[:1] if strategy == "one" else jax.devices()
         processes = jax.process_count()
@@ -70,13 +76,12 @@ class JaxEngine:
         self.replicas = len(devices)
         self.name = "multi-worker" if processes > 1 else ("mirrored" if len(devices) > 1 else "one")
         self._distribution = keras.distribution.DataParallel(devices=devices) if len(devices) > 1 else None
+        self._collective = _collective if processes > 1 else contextlib.nullcontext
         self._local: keras.Model | None = None
         self._local_at = -1
         self._network = "densenet121"
 
     def _scope(self) -> Any:
-        import contextlib
-
         return self._distribution.scope() if self._distribution is not None else contextlib.nullcontext()
 
     def build(self, image_size: int, lr: float, loss: keras.losses.Loss, mixed_precision: bool,
@@ -86,7 +91,8 @@ class JaxEngine:
         with self._scope():
             net = _compiled_model(image_size, lr, loss, network)
         if self.role.count > 1:
-            start = self._start_from_chief(net, start)
+            with self._collective():
+                start = self._start_from_chief(net, start)
         set_start(net, start)
         return net
 
@@ -110,7 +116,7 @@ class JaxEngine:
         per_process = batch_size // self.role.count
         batches = _training_arrays(source, image_size, per_process, steps, seed, self.role.index, self.role.count)
         loss_sum = examples = 0.0
-        with self._scope():
+        with self._scope(), self._collective():
             for index in range(steps):
                 x, y = next(batches)
                 loss = float(np.asarray(net.train_on_batch(x, y)))
@@ -127,7 +133,8 @@ class JaxEngine:
         from jax.experimental import multihost_utils
 
         raw = np.frombuffer(np.asarray(values, np.float64).tobytes(), np.uint8)
-        sent = np.asarray(multihost_utils.broadcast_one_to_all(raw), np.uint8)
+        with self._collective():
+            sent = np.asarray(multihost_utils.broadcast_one_to_all(raw), np.uint8)
         return [float(v) for v in np.frombuffer(sent.tobytes(), np.float64)]
 
     def any_worker(self, flag: bool) -> bool:
@@ -135,7 +142,9 @@ class JaxEngine:
             return flag
         from jax.experimental import multihost_utils
 
-        return bool(np.asarray(multihost_utils.process_allgather(np.asarray([int(flag)], np.int32))).sum() > 0)
+        with self._collective():
+            flags = np.asarray(multihost_utils.process_allgather(np.asarray([int(flag)], np.int32)))
+        return bool(flags.sum() > 0)
 
     def predictor(self, net: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
         return lambda x: model_lib.inference_function(self.local_model(net))(np.asarray(x, np.float32))[1]
@@ -162,6 +171,59 @@ class JaxEngine:
         if self._watchdog is not None:
             self._watchdog.stop()
         precision.set_mixed_precision(False)
+
+
+@contextlib.contextmanager
+def _collective() -> Iterator[None]:
+    """Around collectives of several processes: a failure of the runtime ends this process with one line."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        _stop(f"a collective with the other workers failed ({first})")
+
+
+def _stop(why: str) -> NoReturn:
+    """One line, then exit at once: a normal exit would wait in jax.distributed's shutdown barrier and abort."""
+    print(f"error: {why}; another worker has probably stopped: restart every worker with --resume",
+          file=sys.stderr, flush=True)
+    os._exit(WATCHDOG_EXIT)
+
+
+def _initialize(coordinator: str, count: int, index: int) -> None:
+    """`jax.distributed.initialize`, with a one-line exit when the client loses the coordinator.
+
+    `jax.distributed.initialize` does not expose the client's ``missed_heartbeat_callback`` (whose default
+    aborts the process), so the client factory is wrapped for the duration of the call. Should a JAX
+    version lack the hook, initialisation proceeds without it (the abort is then jax's own).
+    """
+    import jax
+    from jax._src import distributed
+
+    runtime = distributed._jax
+    factory = runtime.get_distributed_runtime_client
+
+    def client(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return factory(*args, **kwargs, missed_heartbeat_callback=_lost_coordinator)
+        except TypeError:
+            return factory(*args, **kwargs)
+
+    try:
+        runtime.get_distributed_runtime_client = client
+    except (AttributeError, TypeError):
+        jax.distributed.initialize(coordinator, count, index, heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
+        return
+    try:
+        jax.distributed.initialize(coordinator, count, index, heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
+    finally:
+        runtime.get_distributed_runtime_client = factory
+
+
+def _lost_coordinator(*status: Any) -> None:
+    _stop("lost the coordinator, worker 0 of the run")
 
 
 def cluster_from_env(env: Any) -> tuple[str, int, int]:
@@ -242,9 +304,4 @@ class _Watchdog:
                 pass
             silent = [peer for peer, at in last_change.items() if now - at > SILENT_S]
             if silent and not self._stopped.is_set():
-                print(
-                    f"error: worker {silent[0]} of {self._count} stopped (no heartbeat for {SILENT_S:.0f} s); "
-                    "this worker stops too: restart every worker with --resume",
-                    file=sys.stderr, flush=True,
-                )
-                os._exit(WATCHDOG_EXIT)
+                _stop(f"worker {silent[0]} of {self._count} sent no heartbeat for {SILENT_S:.0f} s")

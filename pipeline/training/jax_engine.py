@@ -103,11 +103,11 @@ class JaxEngine:
         has = self.numbers_from_chief([float(start is not None), float(start is not None and start[1] is not None)])
         if not has[0]:
             return None
-        weights = start[0] if start is not None else [np.asarray(w) for w in net.get_weights()]
+        weights = start[0] if start is not None else _placeholders(net.weights)
         weights = [np.asarray(w) for w in multihost_utils.broadcast_one_to_all(weights)]
         optimizer_values = None
         if has[1]:
-            mine = start[1] if start is not None else [_local_value(v) for v in net.optimizer.variables]
+            mine = start[1] if start is not None else _placeholders(net.optimizer.variables)
             optimizer_values = [np.asarray(v) for v in multihost_utils.broadcast_one_to_all(mine)]
         return weights, optimizer_values
 
@@ -249,6 +249,11 @@ def _compiled_model(image_size: int, lr: float, loss: keras.losses.Loss, network
     net.compile(optimizer=optimizer, loss=loss)  # so that checkpoints carry the optimizer state
     optimizer.build(net.trainable_variables)
     return net
+
+
+def _placeholders(variables: list[Any]) -> list[np.ndarray]:
+    """Zeros shaped like ``variables``: what a non-chief sends into a broadcast from the chief."""
+    return [np.zeros(tuple(v.shape), np.dtype(v.dtype)) for v in variables]
 
 
 def _local_value(variable: Any) -> np.ndarray:

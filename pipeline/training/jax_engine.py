@@ -18,9 +18,13 @@ and is then aborted (exit 134, a C++ stack and no useful line). Where it would b
 gone from the network), a watchdog thread of every process beats through `jax.distributed`'s key-value
 store every `HEARTBEAT_S` seconds and watches the others' beats; a peer (or the coordinator, process 0)
 silent for `SILENT_S` seconds ends the process the same way. So survivors stop within `SILENT_S` +
-`HEARTBEAT_S` seconds (22 s), before the coordination service's own abort (`HEARTBEAT_TIMEOUT_S`). When
-the coordinator itself dies, jax.distributed's client notices within about a second and would abort the
-process with a C++ stack; `_initialize` hands it a callback that prints the one line instead.
+`HEARTBEAT_S` seconds (22 s), before the coordination service's own abort (`HEARTBEAT_TIMEOUT_S`).
+
+One case keeps JAX's own message: when the coordinator (process 0) dies, jax.distributed's client may notice
+first (within about a second) and abort the survivors itself, exit status 134, with the line "Terminating
+process because the JAX distributed service detected fatal errors. This most likely indicates that another
+task died" and a C++ stack. `jax.distributed.initialize` offers no hook for it (the client's
+``missed_heartbeat_callback``, passed through private API, crashed with std::bad_cast in jaxlib 0.10.2).
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ class JaxEngine:
         if strategy == "multi-worker":
             coordinator, count, index = cluster_from_env(os.environ)
             jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPUs; GPUs use NCCL regardless
-            _initialize(coordinator, count, index)
+            jax.distributed.initialize(coordinator, count, index, heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
             self._watchdog = _Watchdog(index, count)
         devices = jax.devices()[:1] if strategy == "one" else jax.devices()
         processes = jax.process_count()
@@ -190,40 +194,6 @@ def _stop(why: str) -> NoReturn:
     print(f"error: {why}; another worker has probably stopped: restart every worker with --resume",
           file=sys.stderr, flush=True)
     os._exit(WATCHDOG_EXIT)
-
-
-def _initialize(coordinator: str, count: int, index: int) -> None:
-    """`jax.distributed.initialize`, with a one-line exit when the client loses the coordinator.
-
-    `jax.distributed.initialize` does not expose the client's ``missed_heartbeat_callback`` (whose default
-    aborts the process), so the client factory is wrapped for the duration of the call. Should a JAX
-    version lack the hook, initialisation proceeds without it (the abort is then jax's own).
-    """
-    import jax
-    from jax._src import distributed
-
-    runtime = distributed._jax
-    factory = runtime.get_distributed_runtime_client
-
-    def client(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return factory(*args, **kwargs, missed_heartbeat_callback=_lost_coordinator)
-        except TypeError:
-            return factory(*args, **kwargs)
-
-    try:
-        runtime.get_distributed_runtime_client = client
-    except (AttributeError, TypeError):
-        jax.distributed.initialize(coordinator, count, index, heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
-        return
-    try:
-        jax.distributed.initialize(coordinator, count, index, heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
-    finally:
-        runtime.get_distributed_runtime_client = factory
-
-
-def _lost_coordinator(*status: Any) -> None:
-    _stop("lost the coordinator, worker 0 of the run")
 
 
 def cluster_from_env(env: Any) -> tuple[str, int, int]:

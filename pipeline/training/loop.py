@@ -14,7 +14,7 @@ Randomness. ``keras.utils.set_random_seed(seed)`` fixes the initial weights, and
 augmentation come from ``(seed, epoch)``, so a resumed run sees the same images in the same order as an
 uninterrupted one.
 
-This module stays whole (about 480 lines) because it is one protocol between workers: which worker reads,
+This module stays whole (about 510 lines) because it is one protocol between workers: which worker reads,
 writes, validates and broadcasts, and in which order around each epoch, is only checkable read together.
 Everything with a life of its own lives elsewhere (input, run folder, engines, the step, serving).
 """

@@ -19,6 +19,10 @@ The state between epochs is a `RunState` (it is ``state.json``, same keys as bef
 run folders resume); `RunState.after_epoch` is the one place where an epoch's result moves it on: best AUC,
 the learning-rate plateau rule and early stopping. The settings of a run are one `TrainSettings` (they are
 the settings part of ``config.json``). `pipeline.training.runs` finds run folders by these names.
+
+This module stays whole (about 430 lines) because it is the run folder's one owner (issue 17): file names,
+typed state and settings, the config record, resume checks, and the TensorBoard event files (written with or
+without TensorFlow, read without it) are one format, changed together.
 """
 
 from __future__ import annotations

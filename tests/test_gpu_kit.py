@@ -79,9 +79,8 @@ def test_the_kit_runs_end_to_end_without_tensorflow(tmp_path):
     assert re.search(r"^proof kit finished in \d+ s wall time", out, re.M)
 
 
-@pytest.mark.skip(
-    reason="`python -m pipeline train` under KERAS_BACKEND=jax without TensorFlow comes with the jax "
-    "branch (issue 16 part 1), not merged when this was written; remove this mark once it is"
+@pytest.mark.skipif(
+    importlib.util.find_spec("jax") is None, reason="needs JAX (the kit trains under KERAS_BACKEND=jax)"
 )
 def test_the_kit_runs_the_train_command_under_jax(tmp_path):
     result = _kit(

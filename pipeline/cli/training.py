@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-STRATEGIES = ("auto", "one", "mirrored", "multi-worker")  # as distribution.STRATEGIES, without importing TF
+from pipeline.training.engine import STRATEGIES
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -38,9 +38,16 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--strategy",
         choices=STRATEGIES,
         default="auto",
-        help="auto: all GPUs of this machine when there are several; multi-worker: one process per machine, TF_CONFIG",
+        help="auto: all GPUs of this machine when there are several; multi-worker: one process per machine "
+        "(TF_CONFIG on TensorFlow, JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID on JAX)",
     )
-    p.add_argument("--mixed-precision", action="store_true", help="float16 compute with loss scaling (GPUs)")
+    p.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        help="half-precision compute (GPUs): float16 with loss scaling on TensorFlow, bfloat16 on JAX",
+    )
+    p.add_argument("--network", choices=["densenet121", "tiny"], default="densenet121",
+                   help="tiny: one convolution instead of DenseNet121, for smoke tests (with --weights none)")
     p.add_argument("--jit-compile", action="store_true", help="compile the training step with XLA (one device)")
     p.add_argument(
         "--no-export", dest="export", action="store_false", help="skip the ONNX export and guard statistics at the end"
@@ -84,6 +91,7 @@ def run_train(args: argparse.Namespace) -> int:
         strategy=args.strategy,
         mixed_precision=args.mixed_precision,
         jit_compile=args.jit_compile,
+        network=args.network,
         export=args.export,
         log=_print,
     )

@@ -10,8 +10,8 @@ gradient by ``p_k * (1 - p_k) > 0``, another positive per-class factor. Each map
 all 14 maps. The generic GradientTape version the tests hold this to is `tests/explain/gradcam_reference.py`.
 
 The exported model (`pipeline.inference.serving`) returns the class activation maps themselves, and
-`serving.maps_from_cams` scales them to heatmaps for both. TensorFlow is imported inside the functions that
-take a Keras model, so `overlay` needs none.
+`serving.maps_from_cams` scales them to heatmaps for both. Keras (any backend) is imported inside the
+functions that take a Keras model, so `overlay` needs none.
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ def heatmaps(model: keras.Model, image: np.ndarray, full_size: bool = True) -> t
     image = np.asarray(image)
     features, probabilities = inference_function(model)(model_input(model, image))
     kernel = keras.ops.convert_to_numpy(model.get_layer(HEAD_LAYER).kernel)  # channels x findings
-    cams = np.maximum(features.numpy()[0] @ kernel, 0.0)  # h x w x findings
+    cams = np.maximum(features[0] @ kernel, 0.0)  # h x w x findings
     shape = image.shape if full_size else (input_size(model),) * 2
-    return probabilities.numpy()[0], maps_from_cams(cams, shape)
+    return probabilities[0], maps_from_cams(cams, shape)
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, opacity: float = 0.4) -> np.ndarray:

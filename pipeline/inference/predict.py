@@ -11,8 +11,8 @@ Which module runs the model, for what:
 - `pipeline.training.loop`: the validation pass of training, inside the distribution strategy.
 
 Images are decoded by `pipeline.data.imaging.load_image` and resized with `pipeline.data.imaging.resize` to the
-checkpoint's input size; everything else (channels, normalisation) happens inside the model. TensorFlow is
-imported (through `pipeline.networks.densenet`) only inside the functions that run the model.
+checkpoint's input size; everything else (channels, normalisation) happens inside the model. Keras and its
+backend are imported (through `pipeline.networks.densenet`) only inside the functions that run the model.
 """
 
 from __future__ import annotations
@@ -137,8 +137,8 @@ def predict_prepared(net: keras.Model, source: Any) -> pd.DataFrame:
         )
     names = densenet.finding_names(net)
     infer = densenet.inference_function(net)
-    batches = input_pipeline.evaluation_batches(source, size, BATCH_SIZE * 4)
-    rows = [infer(x)[1].numpy() for x, _ in batches]
+    batches = input_pipeline.evaluation_arrays(source, size, BATCH_SIZE * 4)
+    rows = [infer(np.asarray(x))[1] for x, _ in batches]
     probabilities = np.concatenate(rows) if rows else _empty(net)
     table = pd.DataFrame(probabilities.astype(np.float64), columns=names)[list(FINDINGS)]
     table.insert(0, "Image", source.table["Image"].to_numpy())
@@ -170,7 +170,7 @@ def _forward(net: keras.Model, images: list[np.ndarray]) -> np.ndarray:
 
     x = np.stack(images)[..., np.newaxis].astype(np.float32)
     _, probabilities = densenet.inference_function(net)(x)
-    return probabilities.numpy().astype(np.float32)
+    return probabilities.astype(np.float32)
 
 
 def _empty(net: keras.Model) -> np.ndarray:

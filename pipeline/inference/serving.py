@@ -117,7 +117,7 @@ class OnnxPredictor(Predictor):
 
 
 class KerasPredictor(Predictor):
-    """The checkpoint itself in Keras (TensorFlow): the reference, and the fallback without an export."""
+    """The checkpoint itself in Keras (any backend): the reference, and the fallback without an export."""
 
     source = "keras"
 
@@ -135,7 +135,7 @@ class KerasPredictor(Predictor):
         self._kernel = keras.ops.convert_to_numpy(model.get_layer(model_lib.HEAD_LAYER).kernel)
 
     def _run(self, x: np.ndarray) -> Forward:
-        features, probabilities = (t.numpy() for t in self._function(x))
+        features, probabilities = self._function(x)
         cams = np.maximum(features @ self._kernel, 0.0)
         return Forward(probabilities.astype(np.float32), features.mean(axis=(1, 2)), cams.astype(np.float32))
 

@@ -22,11 +22,10 @@ from typing import Any
 
 import h5py
 import keras
-import tensorflow as tf
+import numpy as np
 
 from pipeline.core.errors import InputError, reason
 from pipeline.core.findings import FINDINGS
-from pipeline.networks import batchnorm
 
 # Keras and urllib messages alone can be cryptic: keep the exception's type name.
 _why = functools.partial(reason, limit=153, typed=True)
@@ -36,6 +35,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CAM_LAYER = "relu"  # DenseNet121's last activation: 1024 feature maps at 1/32 of the input size
 HEAD_LAYER = "predictions"  # the dense sigmoid head (a layer name; predictions.csv is `pipeline.evaluation.results`)
 MIN_SIZE = 32  # DenseNet121's smallest input
+NETWORKS = ("densenet121", "tiny")  # tiny: one convolution block, for smoke tests of the code around the model
 
 IMAGENET_FILE = "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"
 IMAGENET_URL = f"https://storage.googleapis.com/tensorflow/keras-applications/densenet/{IMAGENET_FILE}"
@@ -68,10 +68,15 @@ class FindingNames(keras.layers.Layer):
         return {**super().get_config(), "names": self.names}
 
 
-def build(image_size: int = 320, weights: str | os.PathLike[str] = "none") -> keras.Model:
+def build(image_size: int = 320, weights: str | os.PathLike[str] = "none", network: str = "densenet121") -> keras.Model:
     """Uncompiled DenseNet121 with a 14-way sigmoid head on raw ``image_size x image_size x 1`` images.
 
-    Its BatchNormalization layers train on TensorFlow's fused kernel (`pipeline.networks.batchnorm.set_fused`).
+    ``network`` ``"tiny"`` swaps the backbone for one convolution, BatchNormalization and ``relu``: the same
+    preprocessing, Grad-CAM layer, head and finding names, so training, evaluation and serving run their
+    whole code in seconds (tests, smoke runs); it takes ``weights`` none only.
+
+    Under the TensorFlow backend its BatchNormalization layers train on TensorFlow's fused kernel
+    (`pipeline.networks.batchnorm.set_fused`); under JAX they are Keras's own.
 
     Parameters
     ----------
@@ -83,6 +88,10 @@ def build(image_size: int = 320, weights: str | os.PathLike[str] = "none") -> ke
     """
     if image_size < MIN_SIZE:
         raise InputError(f"`image_size` {image_size}: DenseNet121 needs at least {MIN_SIZE} px")
+    if network not in NETWORKS:
+        raise InputError(f"`network` {network!r}: unknown; use one of {', '.join(NETWORKS)}")
+    if network == "tiny" and os.fspath(weights) != "none":
+        raise InputError(f"`network` tiny starts from random weights; use `weights` none, not {os.fspath(weights)}")
     weights_file = _weights_file(weights)  # before the slow build, so a bad option fails fast
 
     inputs = keras.Input(shape=(image_size, image_size, 1), name="image")
@@ -90,15 +99,24 @@ def build(image_size: int = 320, weights: str | os.PathLike[str] = "none") -> ke
     x = keras.layers.Rescaling(1 / 255, name="to_unit_range")(x)
     variance = [std**2 for std in IMAGENET_STD]
     x = keras.layers.Normalization(mean=list(IMAGENET_MEAN), variance=variance, name="imagenet_normalization")(x)
-    backbone = keras.applications.DenseNet121(include_top=False, weights=None, input_tensor=x)
-    if weights_file is not None:
-        _load_backbone_weights(backbone, weights_file)
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(backbone.output)
+    if network == "tiny":
+        x = keras.layers.Conv2D(16, 3, strides=4, use_bias=False, name="conv")(x)
+        x = keras.layers.BatchNormalization(epsilon=1.001e-5, name="bn")(x)
+        features = keras.layers.ReLU(name=CAM_LAYER)(x)
+    else:
+        backbone = keras.applications.DenseNet121(include_top=False, weights=None, input_tensor=x)
+        if weights_file is not None:
+            _load_backbone_weights(backbone, weights_file)
+        features = backbone.output
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(features)
     # float32 head under any global policy: with mixed_float16 the sigmoid and the loss stay in float32.
     x = keras.layers.Dense(len(FINDINGS), activation="sigmoid", name=HEAD_LAYER, dtype="float32")(x)
     outputs = FindingNames(FINDINGS, name="findings", dtype="float32")(x)
-    model = keras.Model(inputs, outputs, name="densenet121_chestxray14")
-    batchnorm.set_fused(model)  # trains ~1.2x faster on a CPU; a saved file is unchanged (pipeline.networks.batchnorm)
+    model = keras.Model(inputs, outputs, name=f"{network}_chestxray14")
+    if keras.backend.backend() == "tensorflow":
+        from pipeline.networks import batchnorm
+
+        batchnorm.set_fused(model)  # trains ~1.2x faster on a CPU; a saved file is unchanged (networks.batchnorm)
     return model
 
 
@@ -115,23 +133,52 @@ def input_size(model: keras.Model) -> int:
     return int(model.input_shape[1])
 
 
-def inference_function(model: keras.Model) -> Callable[[Any], tuple[Any, Any]]:
-    """``f(x) -> (relu feature maps, probabilities)``: `model` in inference mode, as a tf.function traced once.
+def inference_function(model: keras.Model) -> Callable[[Any], tuple[np.ndarray, np.ndarray]]:
+    """``f(x) -> (relu feature maps, probabilities)`` as NumPy arrays: `model` in inference mode, compiled once.
 
     Eager calls of DenseNet121's ~430 layers cost far more than their arithmetic on a CPU (about 15x at
-    224 px), and `model.predict` has a large fixed cost per call; tracing once per model (seconds) avoids
-    both. ``x`` is a float32 ``[batch, size, size, 1]`` array of any batch size. The feature maps come at
-    no extra cost and give Grad-CAM, so predictions and heatmaps share the one trace.
+    224 px), and `model.predict` has a large fixed cost per call; compiling once per model (seconds) avoids
+    both: a tf.function under TensorFlow, a ``jax.jit`` of the stateless call under JAX (which reads the
+    variables at each call, as the tf.function does). ``x`` is a float32 ``[batch, size, size, 1]`` array of
+    any batch size. The feature maps come at no extra cost and give Grad-CAM, so predictions and heatmaps
+    share the one compiled function.
     """
     with _INFERENCE_LOCK:
         function = _INFERENCE.get(model)
         if function is None:
             outputs = [model.get_layer(CAM_LAYER).output, model.get_layer(HEAD_LAYER).output]
             submodel = keras.Model(model.input, outputs)
-            spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
-            function = tf.function(lambda x: tuple(submodel(x, training=False)), input_signature=[spec])
+            function = _compiled(submodel, model.input_shape[1:])
             _INFERENCE[model] = function
     return function
+
+
+def _compiled(submodel: keras.Model, shape: tuple[int, ...]) -> Callable[[Any], tuple[np.ndarray, np.ndarray]]:
+    if keras.backend.backend() == "jax":
+        import jax
+
+        @jax.jit
+        def forward(trainable: list[Any], non_trainable: list[Any], x: Any) -> Any:
+            outputs, _ = submodel.stateless_call(trainable, non_trainable, x, training=False)
+            return outputs
+
+        def run_jax(x: Any) -> tuple[np.ndarray, np.ndarray]:
+            trainable = [v.value for v in submodel.trainable_variables]
+            non_trainable = [v.value for v in submodel.non_trainable_variables]
+            features, probabilities = forward(trainable, non_trainable, np.asarray(x, np.float32))
+            return np.asarray(features, np.float32), np.asarray(probabilities, np.float32)
+
+        return run_jax
+    import tensorflow as tf
+
+    spec = tf.TensorSpec((None, *shape), tf.float32)
+    traced = tf.function(lambda x: tuple(submodel(x, training=False)), input_signature=[spec])
+
+    def run_tf(x: Any) -> tuple[np.ndarray, np.ndarray]:
+        features, probabilities = traced(x)
+        return features.numpy(), probabilities.numpy()
+
+    return run_tf
 
 
 def save(model: keras.Model, path: str | os.PathLike[str]) -> None:

@@ -1,4 +1,4 @@
-"""tf.distribute strategies, worker roles, chief-to-worker broadcasts and the mixed-precision switch.
+"""tf.distribute strategies, worker roles and chief-to-worker broadcasts (the TensorFlow engine's; JAX: `jax_engine`).
 
 Training runs one process per machine. ``multi-worker`` is `tf.distribute.MultiWorkerMirroredStrategy`
 configured by the ``TF_CONFIG`` environment variable; it must be created before any other TensorFlow op
@@ -17,16 +17,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from pipeline.core.errors import InputError
+from pipeline.training.engine import STRATEGIES, WorkerRole
 
-STRATEGIES = ("auto", "one", "mirrored", "multi-worker")
 TF_CONFIG_HINT = (
     'set TF_CONFIG to JSON like {"cluster": {"worker": ["host1:port", "host2:port"]}, '
     '"task": {"type": "worker", "index": 0}} on each machine, with its own index'
@@ -87,15 +85,6 @@ def strategy_name(strategy: tf.distribute.Strategy) -> str:
     return "mirrored" if isinstance(strategy, tf.distribute.MirroredStrategy) else "one"
 
 
-@dataclass(frozen=True)
-class WorkerRole:
-    """This process's place among the workers: ``index`` of ``count``; the chief writes the run folder."""
-
-    index: int
-    count: int
-    is_chief: bool
-
-
 def role(strategy: tf.distribute.Strategy) -> WorkerRole:
     """The worker role of this process: worker 0 of ``TF_CONFIG`` is chief; one process is worker 0 of 1."""
     resolver = getattr(strategy, "cluster_resolver", None)
@@ -148,38 +137,6 @@ def any_worker(strategy: tf.distribute.Strategy, flag: bool) -> bool:
         return flag
     total = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(tf.function(send)), axis=None)
     return bool(total.numpy() > 0)
-
-
-def set_mixed_precision(enabled: bool) -> None:
-    """Set Keras's global dtype policy to ``mixed_float16`` (or back to ``float32``) for models built next.
-
-    Layers then compute in float16 and keep float32 variables. The caller must (1) give the output layer
-    ``dtype="float32"`` so the sigmoid and the loss run in float32 (`pipeline.networks.densenet.build` gives its head
-    ``dtype="float32"``), (2) wrap the optimizer in ``keras.optimizers.LossScaleOptimizer``
-    so small float16 gradients neither underflow nor overflow (`pipeline.training.steps` refuses an unwrapped
-    optimizer under this policy), and (3) save `float32_copy` of the model: a ``.keras`` file records each
-    layer's policy, so the model itself would load computing in float16 everywhere, slowly on a CPU.
-    """
-    keras.mixed_precision.set_global_policy("mixed_float16" if enabled else "float32")
-
-
-def float32_copy(model: keras.Model) -> keras.Model:
-    """A copy of a functional ``model`` with every layer computing in float32 and the same weights.
-
-    What to save from a mixed-precision run (its variables are float32 already; only the recorded compute
-    policy changes). Call it outside ``strategy.scope()``: under MultiWorkerMirroredStrategy creating
-    variables in the scope is collective, and only the chief saves. The copy has no optimizer.
-    """
-
-    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
-        config = layer.get_config()
-        if "dtype" in config:
-            config["dtype"] = "float32"
-        return layer.__class__.from_config(config)
-
-    copy = keras.models.clone_model(model, clone_function=clone)
-    copy.set_weights(model.get_weights())
-    return copy
 
 
 def _reduce_into(strategy: tf.distribute.Strategy, variables: list[Any], chief_only: bool) -> None:

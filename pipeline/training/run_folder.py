@@ -15,8 +15,14 @@ checkpoint that is complete, and whatever comes after it is rebuilt from the sta
 killed at any moment resumes from its last complete epoch with nothing lost or repeated. Only the chief
 worker of a distributed run calls the functions that write here.
 
-The state is a plain dict (it is ``state.json``); `next_state` is the one place where an epoch's result
-moves it on: best AUC, the learning-rate plateau rule and early stopping.
+The state between epochs is a `RunState` (it is ``state.json``, same keys as before it was typed, so older
+run folders resume); `RunState.after_epoch` is the one place where an epoch's result moves it on: best AUC,
+the learning-rate plateau rule and early stopping. The settings of a run are one `TrainSettings` (they are
+the settings part of ``config.json``). `pipeline.training.runs` finds run folders by these names.
+
+This module stays whole (about 430 lines) because it is the run folder's one owner (issue 17): file names,
+typed state and settings, the config record, resume checks, and the TensorBoard event files (written with or
+without TensorFlow, read without it) are one format, changed together.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import math
 import os
 import platform
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,7 +64,97 @@ HISTORY_COLUMNS = [
     *(f"val_auc_{finding}" for finding in FINDINGS),
 ]
 # Settings a resumed run must share with the run it continues; epochs and patience may change.
-RESUME_SETTINGS = ("image_size", "batch_size", "lr", "weights", "init_from", "loss", "seed", "mixed_precision")
+RESUME_SETTINGS = (
+    "image_size", "batch_size", "lr", "weights", "init_from", "loss", "seed", "mixed_precision", "network"
+)
+
+SETTING_DEFAULTS = {"network": "densenet121"}  # settings that runs made before they existed had implicitly
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything that decides what a run trains, as ``config.json`` records it (`pipeline.training.loop.train`)."""
+
+    train: str
+    valid: str
+    images: str | None = None
+    image_size: int = 320
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-4
+    weights: str = "imagenet"
+    init_from: str | None = None
+    loss: str = "weighted"
+    patience: int = 5
+    seed: int = 0
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    network: str = "densenet121"
+
+    def record(self, init_sha256: str | None = None) -> dict[str, Any]:
+        """The settings as ``config.json`` spells them (``init_from`` with the checkpoint's hash, if any)."""
+        entries = asdict(self)
+        entries["weights"] = "none" if self.init_from is not None else self.weights
+        entries["init_from"] = None if self.init_from is None else {"path": self.init_from, "sha256": init_sha256}
+        return entries
+
+
+@dataclass(frozen=True)
+class RunState:
+    """Where a run stands between epochs: ``state.json``, read and written only through this type.
+
+    ``history`` holds one row per complete epoch (the columns of `HISTORY_COLUMNS`); ``checkpoint`` is the
+    last complete epoch's checkpoint, relative to the run folder.
+    """
+
+    lr: float
+    seed: int
+    epoch: int = 0
+    checkpoint: str | None = None
+    optimizer_iterations: int = 0
+    best_auc: float | None = None
+    best_epoch: int = 0
+    epochs_without_gain: int = 0
+    epochs_on_plateau: int = 0
+    history: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+
+    def finished(self, epochs: int, patience: int) -> bool:
+        """Whether the run is over: all ``epochs`` done, or ``patience`` epochs without a validation gain."""
+        return self.epoch >= epochs or self.epochs_without_gain >= patience
+
+    def after_epoch(self, row: dict[str, Any], checkpoint: str, iterations: int) -> RunState:
+        """The state after an epoch: best AUC, plateau and early-stopping counters, learning rate for the next."""
+        gain = self.best_auc is None or row["val_mean_auc"] > self.best_auc
+        lr, plateau = self.lr, 0 if gain else self.epochs_on_plateau + 1
+        if plateau >= LR_PLATEAU_EPOCHS:
+            lr, plateau = lr * LR_FACTOR, 0
+        return replace(
+            self,
+            epoch=row["epoch"],
+            checkpoint=checkpoint,
+            optimizer_iterations=iterations,
+            best_auc=row["val_mean_auc"] if gain else self.best_auc,
+            best_epoch=row["epoch"] if gain else self.best_epoch,
+            lr=lr,
+            epochs_without_gain=0 if gain else self.epochs_without_gain + 1,
+            epochs_on_plateau=plateau,
+            history=(*self.history, row),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """``state.json``'s object, its keys in the order the untyped state wrote them."""
+        order = ("epoch", "checkpoint", "optimizer_iterations", "best_auc", "best_epoch", "lr",
+                 "epochs_without_gain", "epochs_on_plateau", "seed")
+        return {**{key: getattr(self, key) for key in order}, "history": list(self.history)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], path: Path) -> RunState:
+        """The state stored in ``path``; a file missing a field is refused in one line."""
+        names = {f.name for f in fields(cls)}
+        missing = sorted(names - set(data))
+        if missing:
+            raise InputError(f"{path}: no {', '.join(missing)}; the run folder is damaged, start a new run")
+        return cls(**{**{k: data[k] for k in names}, "history": tuple(data["history"])})
 
 
 def check_run_folder(out: Path, resume: bool) -> None:
@@ -78,7 +175,7 @@ def start(out: Path, config: dict[str, Any]) -> None:
     (out / CHECKPOINTS).mkdir(exist_ok=True)
 
 
-def read_for_resume(out: Path, config: dict[str, Any], log: Callable[[str], Any]) -> dict[str, Any] | None:
+def read_for_resume(out: Path, config: dict[str, Any], log: Callable[[str], Any]) -> RunState | None:
     """Check the saved config matches ``config``, tidy what a crash left, and return the saved state (or None).
 
     None means the run was killed before its first epoch completed: it starts again from scratch.
@@ -93,7 +190,7 @@ def read_for_resume(out: Path, config: dict[str, Any], log: Callable[[str], Any]
     changed = [
         f"{key} {saved.get(key)!r} -> {config.get(key)!r}"
         for key in RESUME_SETTINGS
-        if saved.get(key) != config.get(key)
+        if saved.get(key, SETTING_DEFAULTS.get(key)) != config.get(key)
     ]
     if changed:
         raise InputError(
@@ -103,15 +200,16 @@ def read_for_resume(out: Path, config: dict[str, Any], log: Callable[[str], Any]
     for key in ("epochs", "patience"):
         if saved.get(key) != config[key]:
             log(f"resume: {key} {saved.get(key)} -> {config[key]}")
-    state = read_json(out / STATE) if (out / STATE).is_file() else None
-    if state is not None and finished(state, config["epochs"], config["patience"]):
+    state = read_state(out) if (out / STATE).is_file() else None
+    if state is not None and state.finished(config["epochs"], config["patience"]):
         return state
-    resumed = {"at": now(), "after_epoch": state["epoch"] if state else 0, "strategy": config.get("strategy")}
+    resumed = {"at": now(), "after_epoch": state.epoch if state else 0, "strategy": config.get("strategy"),
+               "backend": config.get("backend")}
     updated = {**saved, "epochs": config["epochs"], "patience": config["patience"]}
     updated["resumed"] = [*saved.get("resumed", []), resumed]
     (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
     write_json_atomic(updated, out / CONFIG)
-    remove_leftovers(out, state["epoch"] if state else 0)
+    remove_leftovers(out, state.epoch if state else 0)
     return state
 
 
@@ -138,54 +236,15 @@ def check_same_data(out: Path, train_sha256: str, valid_sha256: str, use: str) -
     return None
 
 
-def best_needs_rewrite(state: dict[str, Any] | None) -> bool:
+def best_needs_rewrite(state: RunState | None) -> bool:
     """A crash between ``state.json`` and ``best.keras`` leaves the old best; its checkpoint is then still kept."""
-    if state is None or state["best_epoch"] == 0:
+    if state is None or state.best_epoch == 0:
         return False
-    return state["best_epoch"] >= state["epoch"] - (KEEP_CHECKPOINTS - 1)
+    return state.best_epoch >= state.epoch - (KEEP_CHECKPOINTS - 1)
 
 
 def checkpoint_path(out: Path, epoch: int) -> Path:
     return out / CHECKPOINTS / f"epoch-{epoch:03d}.keras"
-
-
-def initial_state(lr: float, seed: int) -> dict[str, Any]:
-    return {
-        "epoch": 0,
-        "checkpoint": None,
-        "optimizer_iterations": 0,
-        "best_auc": None,
-        "best_epoch": 0,
-        "lr": lr,
-        "epochs_without_gain": 0,
-        "epochs_on_plateau": 0,
-        "seed": seed,
-        "history": [],
-    }
-
-
-def next_state(state: dict[str, Any], row: dict[str, Any], checkpoint: str, iterations: int) -> dict[str, Any]:
-    """The state after an epoch: best AUC, plateau and early-stopping counters, learning rate for the next one."""
-    gain = state["best_auc"] is None or row["val_mean_auc"] > state["best_auc"]
-    lr, plateau = state["lr"], 0 if gain else state["epochs_on_plateau"] + 1
-    if plateau >= LR_PLATEAU_EPOCHS:
-        lr, plateau = lr * LR_FACTOR, 0
-    return {
-        **state,
-        "epoch": row["epoch"],
-        "checkpoint": checkpoint,
-        "optimizer_iterations": iterations,
-        "best_auc": row["val_mean_auc"] if gain else state["best_auc"],
-        "best_epoch": row["epoch"] if gain else state["best_epoch"],
-        "lr": lr,
-        "epochs_without_gain": 0 if gain else state["epochs_without_gain"] + 1,
-        "epochs_on_plateau": plateau,
-        "history": [*state["history"], row],
-    }
-
-
-def finished(state: dict[str, Any], epochs: int, patience: int) -> bool:
-    return state["epoch"] >= epochs or state["epochs_without_gain"] >= patience
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -194,12 +253,12 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def run_config(settings: dict[str, Any], train_source: Any, valid_source: Any) -> dict[str, Any]:
-    """Everything ``config.json`` records: the settings plus data hashes, sizes, class frequencies, versions.
+    """Everything ``config.json`` records: the settings plus backend, data hashes, sizes, class frequencies, versions.
 
-    ``train_source`` and ``valid_source`` are `pipeline.data.input_pipeline.Source` objects (their labels and hashes).
+    ``settings`` is `TrainSettings.record` plus the distribution (``strategy``); ``train_source`` and
+    ``valid_source`` are `pipeline.data.input_pipeline.Source` objects (their labels and hashes).
     """
     import keras
-    import tensorflow as tf
 
     from pipeline.data import input_pipeline, label_files
     from pipeline.networks.losses import class_weights
@@ -213,6 +272,7 @@ def run_config(settings: dict[str, Any], train_source: Any, valid_source: Any) -
         loss_weights = {"pos": _per_finding(pos_weights), "neg": _per_finding(neg_weights)}
     return {
         **settings,
+        "backend": keras.backend.backend(),
         "optimizer": "adam",
         "lr_schedule": {"reduce_on_plateau": {"factor": LR_FACTOR, "epochs": LR_PLATEAU_EPOCHS}},
         "augmentation": {
@@ -236,7 +296,7 @@ def run_config(settings: dict[str, Any], train_source: Any, valid_source: Any) -
         "loss_weights": loss_weights,
         "versions": {
             "python": platform.python_version(),
-            "tensorflow": tf.__version__,
+            **_framework_versions(),
             "keras": keras.__version__,
             "numpy": np.__version__,
             "pandas": pd.__version__,
@@ -245,52 +305,110 @@ def run_config(settings: dict[str, Any], train_source: Any, valid_source: Any) -
     }
 
 
-def write_tensorboard(out: Path, state: dict[str, Any]) -> None:
-    """Log the history's epochs that TensorBoard has not seen yet (one scalar series per history column)."""
-    import tensorflow as tf
+def write_tensorboard(out: Path, state: RunState) -> None:
+    """Log the history's epochs that TensorBoard has not seen yet (one scalar series per history column).
 
+    Written by TensorFlow's summary writer under the TensorFlow backend, else by tensorboardX, which needs no
+    TensorFlow; both write the same event files.
+    """
     folder = out / TENSORBOARD
     logged = _logged_epochs(folder)
-    rows = [row for row in state["history"] if row["epoch"] > logged]
+    rows = [row for row in state.history if row["epoch"] > logged]
     if not rows:
         return
-    writer = tf.summary.create_file_writer(os.fspath(folder))
-    with writer.as_default():
-        for row in rows:
-            for key, value in row.items():
-                if key == "epoch" or value is None or not np.isfinite(value):
-                    continue
-                name = key.replace("val_auc_", "val_auc/") if key.startswith("val_auc_") else key
-                tf.summary.scalar(name, value, step=row["epoch"])
+    scalars = [
+        (key.replace("val_auc_", "val_auc/") if key.startswith("val_auc_") else key, float(value), row["epoch"])
+        for row in rows
+        for key, value in row.items()
+        if key != "epoch" and value is not None and np.isfinite(value)
+    ]
+    if _backend() == "tensorflow":
+        import tensorflow as tf
+
+        writer = tf.summary.create_file_writer(os.fspath(folder))
+        with writer.as_default():
+            for name, value, step in scalars:
+                tf.summary.scalar(name, value, step=step)
+        writer.close()
+        return
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        return  # nothing to write with; history.csv holds the same numbers
+    writer = SummaryWriter(os.fspath(folder))
+    for name, value, step in scalars:
+        writer.add_scalar(name, value, global_step=step)
     writer.close()
 
 
 def _logged_epochs(folder: Path) -> int:
-    """The last epoch already in the TensorBoard event files (0 when none)."""
-    import tensorflow as tf
+    """The last epoch already in the TensorBoard event files (0 when none), read without TensorFlow.
 
+    Event files are TFRecord files: per record an 8-byte length, a 4-byte CRC, the Event, a 4-byte CRC. A file
+    that a kill cut short counts up to its last whole record.
+    """
     last = 0
     for path in folder.glob("events.out.tfevents.*"):
-        try:
-            for record in tf.data.TFRecordDataset(os.fspath(path)):
-                last = max(last, int(tf.compat.v1.Event.FromString(record.numpy()).step))
-        except tf.errors.DataLossError:  # a file a kill cut short: what it holds up to there still counts
-            continue
+        data = path.read_bytes()
+        at = 0
+        while at + 12 <= len(data):
+            size = int.from_bytes(data[at : at + 8], "little")
+            if at + 12 + size + 4 > len(data):
+                break
+            last = max(last, _event_step(data[at + 12 : at + 12 + size]))
+            at += 12 + size + 4
     return last
 
 
-def history_frame(state: dict[str, Any]) -> pd.DataFrame:
-    """The state's history as a DataFrame in the column order of ``history.csv``."""
-    frame = pd.DataFrame(state["history"], columns=HISTORY_COLUMNS)
+def _event_step(record: bytes) -> int:
+    """The ``step`` field (number 2, a varint) of a serialized Event; 0 when absent."""
+    at = 0
+    while at < len(record):
+        key, at = _varint(record, at)
+        number, kind = key >> 3, key & 7
+        if kind == 0:
+            value, at = _varint(record, at)
+            if number == 2:
+                return value
+        elif kind == 1:
+            at += 8
+        elif kind == 2:
+            size, at = _varint(record, at)
+            at += size
+        elif kind == 5:
+            at += 4
+        else:
+            return 0
+    return 0
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while at < len(data):
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        at, shift = at + 1, shift + 7
+        if not byte & 0x80:
+            break
+    return value, at
+
+
+def history_frame(state: RunState | None) -> pd.DataFrame:
+    """The state's history as a DataFrame in the column order of ``history.csv`` (empty for None)."""
+    frame = pd.DataFrame(list(state.history) if state else [], columns=HISTORY_COLUMNS)
     return frame.astype({column: float for column in HISTORY_COLUMNS if column != "epoch"})  # None -> NaN
 
 
-def write_history(out: Path, state: dict[str, Any]) -> None:
+def write_history(out: Path, state: RunState) -> None:
     write_csv_atomic(history_frame(state), out / HISTORY)
 
 
-def write_state(out: Path, state: dict[str, Any]) -> None:
-    write_json_atomic(state, out / STATE)
+def write_state(out: Path, state: RunState) -> None:
+    write_json_atomic(state.to_json(), out / STATE)
+
+
+def read_state(out: Path) -> RunState:
+    return RunState.from_json(read_json(out / STATE), out / STATE)
 
 
 def remove_old_checkpoints(out: Path, last_epoch: int) -> None:
@@ -320,6 +438,27 @@ def format_auc(value: float | None) -> str:
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _backend() -> str:
+    import keras
+
+    return keras.backend.backend()
+
+
+def _framework_versions() -> dict[str, str]:
+    """Versions of the installed frameworks (TensorFlow may serve the input pipeline under any backend)."""
+    import importlib.metadata
+
+    versions = {}
+    for name, dists in (("tensorflow", ("tensorflow", "tensorflow-cpu")), ("jax", ("jax",)), ("jaxlib", ("jaxlib",))):
+        for dist in dists:
+            try:
+                versions[name] = importlib.metadata.version(dist)
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
+    return versions
 
 
 def _per_finding(values: np.ndarray) -> dict[str, float]:

@@ -11,7 +11,8 @@ The layout, written by `pipeline.training.loop` and `pipeline.evaluation.evaluat
 
 Any folder under the artifacts folder holding a ``metrics.json`` counts as an evaluation, so evaluations
 written elsewhere (e.g. ``artifacts/scratch/``) are found too. Only small text files are read here, never
-a model, so the dashboard can list runs without importing TensorFlow. The default artifacts folder is
+a model, so the dashboard can list runs without importing TensorFlow. The file names are those of
+`pipeline.training.run_folder`, which owns the run folder's format. The default artifacts folder is
 `pipeline.core.paths.artifacts_dir`.
 """
 
@@ -25,6 +26,8 @@ import pandas as pd
 
 from pipeline.core.errors import InputError, reason
 from pipeline.core.files import read_json_object
+from pipeline.evaluation.results import METRICS_JSON
+from pipeline.training.run_folder import BEST, CHECKPOINTS, CONFIG, HISTORY
 
 DEMO_RUN = "densenet121-128-weighted"  # the run whose checkpoint ships with the repository (README, Demo model)
 
@@ -44,11 +47,12 @@ def find_runs(artifacts: str | Path) -> list[Run]:
     """Every folder under ``<artifacts>/runs/`` with a config, a history, a checkpoint or an evaluation, by name."""
     runs = []
     for folder in sorted(Path(artifacts, "runs").glob("*/")):
-        checkpoints = tuple(sorted(folder.glob("checkpoints/[!.]*.keras"), key=lambda p: (p.stat().st_mtime, p.name)))
-        best = folder / "best.keras"
+        found = folder.glob(f"{CHECKPOINTS}/[!.]*.keras")
+        checkpoints = tuple(sorted(found, key=lambda p: (p.stat().st_mtime, p.name)))
+        best = folder / BEST
         checkpoint = best if best.is_file() else (checkpoints[-1] if checkpoints else None)
         evaluations = run_evaluations(folder)
-        has_record = (folder / "config.json").is_file() or (folder / "history.csv").is_file()
+        has_record = (folder / CONFIG).is_file() or (folder / HISTORY).is_file()
         if checkpoint or evaluations or has_record:
             runs.append(Run(folder.name, folder, checkpoint, checkpoints, evaluations))
     return runs
@@ -56,23 +60,23 @@ def find_runs(artifacts: str | Path) -> list[Run]:
 
 def run_evaluations(run_dir: str | Path) -> tuple[Path, ...]:
     """The evaluation folders (``*/metrics.json``) directly inside one run folder, sorted."""
-    return tuple(sorted(p.parent for p in Path(run_dir).glob("*/metrics.json")))
+    return tuple(sorted(p.parent for p in Path(run_dir).glob(f"*/{METRICS_JSON}")))
 
 
 def find_evaluations(artifacts: str | Path) -> list[Path]:
     """Every folder under ``artifacts`` that holds a ``metrics.json``, sorted by path."""
-    return sorted(path.parent for path in Path(artifacts).rglob("metrics.json"))
+    return sorted(path.parent for path in Path(artifacts).rglob(METRICS_JSON))
 
 
 def read_config(run_dir: str | Path) -> dict:
     """The run's ``config.json``, or ``{}`` when the run has none."""
-    path = Path(run_dir) / "config.json"
+    path = Path(run_dir) / CONFIG
     return read_json_object(path, "rewrite or delete it") if path.is_file() else {}
 
 
 def read_history(run_dir: str | Path) -> pd.DataFrame | None:
     """The run's ``history.csv`` (one row per epoch), or None when the run has none."""
-    path = Path(run_dir) / "history.csv"
+    path = Path(run_dir) / HISTORY
     if not path.is_file():
         return None
     try:

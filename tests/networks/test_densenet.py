@@ -113,3 +113,15 @@ def test_inference_function_is_traced_once_across_threads(small_model):
     x = np.zeros((2, SMALL_SIZE, SMALL_SIZE, 1), np.float32)
     features, probabilities = functions[0](x)
     assert probabilities.shape == (2, len(FINDINGS)) and features.shape[0] == 2
+
+
+def test_tiny_network_keeps_the_interface_of_the_densenet():
+    """`--network tiny` (smoke tests) has the same preprocessing, Grad-CAM layer, head and finding names."""
+    tiny = densenet.build(SMALL_SIZE, "none", "tiny")
+    assert densenet.finding_names(tiny) == list(FINDINGS) and densenet.input_size(tiny) == SMALL_SIZE
+    assert tiny.get_layer(densenet.CAM_LAYER).output.shape[-1] == 16
+    assert tiny.get_layer(densenet.HEAD_LAYER).dtype_policy.name == "float32"
+    with pytest.raises(InputError, match="tiny starts from random weights"):
+        densenet.build(SMALL_SIZE, "imagenet", "tiny")
+    with pytest.raises(InputError, match="`network` 'resnet': unknown"):
+        densenet.build(SMALL_SIZE, "none", "resnet")

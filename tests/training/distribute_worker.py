@@ -29,7 +29,7 @@ if MODE == "mirrored":  # before TensorFlow initialises its devices
     CPU = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(CPU, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-from pipeline.training import distribution  # noqa: E402
+from pipeline.training import distribution, precision  # noqa: E402
 
 # MultiWorkerMirroredStrategy must come before any other TF op.
 STRATEGY = distribution.make_strategy("multi-worker" if os.environ.get("TF_CONFIG") else "one")
@@ -216,7 +216,7 @@ def mixed(report: Path, checkpoint: Path) -> None:
     """DenseNet121 at 64 px trained `MIXED_STEPS` steps under mixed_float16 with loss scaling, saved, predicted."""
     from pipeline.networks import densenet as chexnet
 
-    distribution.set_mixed_precision(True)
+    precision.set_mixed_precision(True)
     images, labels = data()
     keras.utils.set_random_seed(1)
     model = chexnet.build(SIZE, "none")
@@ -228,7 +228,7 @@ def mixed(report: Path, checkpoint: Path) -> None:
     running: list[float] = []
     # The first steps overflow float16 at the initial scale 2**15 and are skipped while the scale halves.
     steps.train_epoch(STRATEGY, step, dataset, MIXED_STEPS, on_step=lambda i, value: running.append(value))
-    save(distribution.float32_copy(model), checkpoint)
+    save(precision.float32_copy(model), checkpoint)
     np.savez(
         report,
         running=running,

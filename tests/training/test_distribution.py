@@ -22,7 +22,7 @@ import pytest
 from conftest import IMAGES, REPO, SMALL_SIZE
 
 from pipeline.core.errors import InputError
-from pipeline.training import distribution, steps
+from pipeline.training import distribution, precision, steps
 
 WORKER = REPO / "tests" / "training" / "distribute_worker.py"
 TIMEOUT_S = 300  # a deadlocked collective would wait forever; fail instead
@@ -267,13 +267,13 @@ def test_single_process_strategies_and_role():
 def test_mixed_precision_refuses_an_optimizer_without_loss_scaling():
     strategy = distribution.make_strategy("one")
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid", dtype="float32")])
-    distribution.set_mixed_precision(True)
+    precision.set_mixed_precision(True)
     try:
         assert keras.mixed_precision.global_policy().name == "mixed_float16"
         with pytest.raises(InputError, match="LossScaleOptimizer"):
             steps.make_train_step(strategy, model, keras.losses.BinaryCrossentropy(), keras.optimizers.Adam(), 4)
     finally:
-        distribution.set_mixed_precision(False)
+        precision.set_mixed_precision(False)
     assert keras.mixed_precision.global_policy().name == "float32"
 
 

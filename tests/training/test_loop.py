@@ -149,10 +149,11 @@ def test_killed_run_left_its_first_epoch_intact(run):
     assert left["state"]["epoch"] == 1
     assert left["state"]["optimizer_iterations"] == STEPS
     assert list(left["history"]["epoch"]) == [1]
-    assert {"config.json", "state.json", "history.csv", "best.keras", "checkpoints/epoch-001.keras"} <= set(
-        left["files"]
-    )
-    assert any(name.startswith("tensorboard/events.out.tfevents.") for name in left["files"])
+    # killed 0.5 s into epoch 2's training: nothing of epoch 2 is on disk yet, not even a temporary file
+    assert [name for name in left["files"] if not name.startswith("tensorboard/")] == [
+        "best.keras", "checkpoints/epoch-001.keras", "config.json", "history.csv", "state.json",
+    ]
+    assert len([name for name in left["files"] if name.startswith("tensorboard/events.out.tfevents.")]) == 1
 
 
 def test_resume_completes_every_epoch_exactly_once(run):
@@ -314,16 +315,32 @@ def test_loss_choice_and_its_record_in_the_config(split):
 
 
 def test_plateau_halves_the_learning_rate_and_patience_stops():
-    state = run_folder.initial_state(lr=1e-3, seed=0)
+    state = run_folder.RunState(lr=1e-3, seed=0)
     lrs, stops = [], []
     for epoch, auc in enumerate([0.60, 0.65, 0.64, 0.63, 0.62, 0.66, 0.61, 0.61, 0.61, 0.61], start=1):
-        lrs.append(state["lr"])
-        state = run_folder.next_state(state, {"epoch": epoch, "val_mean_auc": auc}, f"epoch-{epoch:03d}.keras", epoch)
-        stops.append(run_folder.finished(state, epochs=100, patience=4))
+        lrs.append(state.lr)
+        state = state.after_epoch({"epoch": epoch, "val_mean_auc": auc}, f"epoch-{epoch:03d}.keras", epoch)
+        stops.append(state.finished(epochs=100, patience=4))
     # Halved after every 2 epochs without a gain (epochs 4 and 8); the gain at epoch 6 resets both counters.
     assert lrs == [1e-3, 1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 5e-4, 5e-4, 2.5e-4, 2.5e-4]
-    assert (state["best_epoch"], state["best_auc"]) == (6, 0.66)
+    assert (state.best_epoch, state.best_auc) == (6, 0.66)
     assert stops.index(True) == 9  # epoch 10, the fourth without a gain since epoch 6
+
+
+def test_state_json_round_trips_and_refuses_a_damaged_file(tmp_path):
+    """state.json keeps the keys and order of the untyped state, so older run folders resume."""
+    state = run_folder.RunState(lr=1e-3, seed=7).after_epoch(
+        {"epoch": 1, "val_mean_auc": 0.6}, "checkpoints/epoch-001.keras", 5
+    )
+    run_folder.write_state(tmp_path, state)
+    data = json.loads((tmp_path / run_folder.STATE).read_text())
+    assert list(data) == ["epoch", "checkpoint", "optimizer_iterations", "best_auc", "best_epoch", "lr",
+                          "epochs_without_gain", "epochs_on_plateau", "seed", "history"]
+    assert run_folder.read_state(tmp_path) == state
+    del data["best_epoch"]
+    (tmp_path / run_folder.STATE).write_text(json.dumps(data))
+    with pytest.raises(InputError, match="no best_epoch; the run folder is damaged"):
+        run_folder.read_state(tmp_path)
 
 
 def test_validation_auc_skips_findings_without_both_classes():
@@ -444,7 +461,10 @@ def test_mixed_precision_checkpoint_loads_and_predicts_in_float32_and_init_from_
     assert result.returncode == 0, result.stderr[-3000:]
     # the end of training exported best.keras for serving and fitted the guard on the prepared images
     assert "served by best.onnx" in result.stdout
-    assert {"best.onnx", "best.onnx.json", "typicality.npz", "typicality.json"} <= {p.name for p in mixed.iterdir()}
+    assert sorted(p.name for p in mixed.iterdir()) == [
+        "best.keras", "best.onnx", "best.onnx.json", "checkpoints", "config.json", "history.csv", "state.json",
+        "tensorboard", "typicality.json", "typicality.npz",
+    ]
 
     # best.keras computes in float32 on this CPU; the mixed checkpoint of the same epoch predicts the same.
     best = model_lib.load(mixed / run_folder.BEST)

@@ -74,12 +74,12 @@ def _rows(run: Path) -> int:
         return 0
 
 
-def _wait_rows(run: Path, rows: int, process: subprocess.Popen, log: Path) -> None:
+def _wait_rows(run: Path, rows: int, process: subprocess.Popen, log: Path, poll: float = 0.05) -> None:
     deadline = time.monotonic() + TIMEOUT_S
     while _rows(run) < rows:
         assert process.poll() is None, f"exited early with {process.returncode}:\n{log.read_text()[-3000:]}"
         assert time.monotonic() < deadline, f"no progress in {TIMEOUT_S} s:\n{log.read_text()[-3000:]}"
-        time.sleep(0.05)
+        time.sleep(poll)
 
 
 def _finish(process: subprocess.Popen, log: Path) -> None:
@@ -143,8 +143,9 @@ def runs(data, tmp_path_factory) -> dict:
                           two_devices),
     }
     try:
-        _wait_rows(out["killed"], 1, processes["killed"], logs["killed"])
-        time.sleep(0.3)
+        # killed the moment epoch 1's history row appears (written last of its files): the tiny network's next
+        # epoch takes a few tenths of a second, so a fixed pause could outlast the whole run on a quiet machine
+        _wait_rows(out["killed"], 1, processes["killed"], logs["killed"], poll=0.002)
         assert processes["killed"].poll() is None, "the run ended before it could be killed"
         processes["killed"].send_signal(signal.SIGKILL)
         processes["killed"].wait()

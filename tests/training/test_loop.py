@@ -375,9 +375,10 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from pipeline.training import loop
-settings = dict(image_size=64, batch_size=8, weights="none", strategy="mirrored", export=False, log=print)
-loop.train(sys.argv[1], sys.argv[2], None, sys.argv[3], epochs=1, **settings)
-loop.train(sys.argv[1], sys.argv[2], None, sys.argv[3], epochs=2, resume=True, **settings)
+settings = dict(image_size=64, batch_size=8, weights="none", network="tiny", export=False, log=print)
+loop.train(sys.argv[1], sys.argv[2], None, sys.argv[4], epochs=2, strategy="one", **settings)
+loop.train(sys.argv[1], sys.argv[2], None, sys.argv[3], epochs=1, strategy="mirrored", **settings)
+loop.train(sys.argv[1], sys.argv[2], None, sys.argv[3], epochs=2, strategy="mirrored", resume=True, **settings)
 """
 
 
@@ -439,9 +440,12 @@ def test_two_workers_train_resume_after_both_are_killed_and_only_the_chief_write
 
 
 def test_mirrored_over_two_cpu_devices_trains_and_resumes_like_one_device(run, tmp_path):
-    out = tmp_path / "mirrored"
+    """`train` under MirroredStrategy over two logical CPUs, resumed after epoch 1, against one device: the tiny
+    network (`--network tiny`, the same code around one convolution block) keeps this end-to-end check cheap;
+    DenseNet121 under the same strategy is `test_distribution.py`'s."""
+    out, single = tmp_path / "mirrored", tmp_path / "single"
     result = subprocess.run(
-        [sys.executable, "-c", MIRRORED, str(run["train_data"]), str(run["valid_data"]), str(out)],
+        [sys.executable, "-c", MIRRORED, str(run["train_data"]), str(run["valid_data"]), str(out), str(single)],
         cwd=REPO, capture_output=True, text=True, timeout=START_TIMEOUT_S,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -449,8 +453,10 @@ def test_mirrored_over_two_cpu_devices_trains_and_resumes_like_one_device(run, t
     history = pd.read_csv(out / run_folder.HISTORY)
     config = json.loads((out / run_folder.CONFIG).read_text())
     assert config["strategy"] == {"name": "mirrored", "replicas": 2, "workers": 1}
+    assert config["network"] == "tiny" and [entry["after_epoch"] for entry in config["resumed"]] == [1]
     assert list(history["epoch"]) == [1, 2]
-    np.testing.assert_allclose(history["loss"], run["uninterrupted"]["loss"][:2], rtol=LOSS_TOLERANCE)
+    one_device = pd.read_csv(single / run_folder.HISTORY)
+    np.testing.assert_allclose(history["loss"], one_device["loss"], rtol=LOSS_TOLERANCE)
 
 
 def test_mixed_precision_checkpoint_loads_and_predicts_in_float32_and_init_from_fine_tunes(run, tmp_path, capsys):

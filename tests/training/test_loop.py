@@ -442,7 +442,7 @@ def test_two_workers_train_resume_after_both_are_killed_and_only_the_chief_write
 def test_mirrored_over_two_cpu_devices_trains_and_resumes_like_one_device(run, tmp_path):
     """`train` under MirroredStrategy over two logical CPUs, resumed after epoch 1, against one device: the tiny
     network (`--network tiny`, the same code around one convolution block) keeps this end-to-end check cheap;
-    DenseNet121 under the same strategy is `test_distribution.py`'s."""
+    the strategy's own arithmetic (batch-norm averaging, equal losses) is checked in `test_distribution.py`."""
     out, single = tmp_path / "mirrored", tmp_path / "single"
     result = subprocess.run(
         [sys.executable, "-c", MIRRORED, str(run["train_data"]), str(run["valid_data"]), str(out), str(single)],

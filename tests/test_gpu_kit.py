@@ -42,9 +42,12 @@ def _kit(tmp_path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.skipif(
+needs_jax = pytest.mark.skipif(
     importlib.util.find_spec("jax") is None, reason="needs JAX (the kit trains under KERAS_BACKEND=jax)"
 )
+
+
+@needs_jax
 def test_the_kit_runs_end_to_end_without_tensorflow(tmp_path):
     result = _kit(
         tmp_path,
@@ -79,9 +82,7 @@ def test_the_kit_runs_end_to_end_without_tensorflow(tmp_path):
     assert re.search(r"^proof kit finished in \d+ s wall time", out, re.M)
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("jax") is None, reason="needs JAX (the kit trains under KERAS_BACKEND=jax)"
-)
+@needs_jax
 def test_the_kit_runs_the_train_command_under_jax(tmp_path):
     result = _kit(
         tmp_path,

@@ -30,6 +30,7 @@ STOP_WITHIN_S = watchdog.SILENT_S + watchdog.HEARTBEAT_S
 MARGIN_S = 5.0  # polling and a loaded machine's scheduling
 START_TIMEOUT_S = 600  # two fresh TensorFlow processes to the end of epoch 1 on a loaded 2-core machine
 BEAT_S, SILENT_S = 0.1, 1.0  # the short intervals of the tests that exercise the heartbeat itself
+TF_BEAT_S, TF_SILENT_S = 0.2, 2.0  # the same through TensorFlow: two processes, more room for a loaded machine
 
 
 def test_a_silent_peer_is_reported_within_the_bound_and_a_beating_one_never():
@@ -55,7 +56,7 @@ def test_a_silent_peer_is_reported_within_the_bound_and_a_beating_one_never():
         dog.stop()
     assert set(reports) == {0, 1}
     for at, line in reports.values():
-        assert SILENT_S - BEAT_S < at - stopped < SILENT_S + 3 * BEAT_S
+        assert SILENT_S - 2 * BEAT_S < at - stopped < SILENT_S + 5 * BEAT_S
         assert line == f"worker 2 of 3 sent no heartbeat for {SILENT_S:.0f} s"
 
 
@@ -97,20 +98,20 @@ from pipeline.training import distribution, tf_engine
 strategy = distribution.make_strategy("multi-worker")
 me = distribution.role(strategy)
 reports = []
-dog = tf_engine.key_value_watchdog(me.index, me.count, heartbeat_s={BEAT_S}, silent_s={SILENT_S},
+dog = tf_engine.key_value_watchdog(me.index, me.count, heartbeat_s={TF_BEAT_S}, silent_s={TF_SILENT_S},
                                    on_silent=lambda line: reports.append((time.monotonic(), line)))
 distribution.any_worker(strategy, False)
 if me.is_chief:  # busy outside collectives (validating, saving) far longer than the silence allowed
-    time.sleep({4 * SILENT_S})
+    time.sleep({2.5 * TF_SILENT_S})
 distribution.any_worker(strategy, False)  # worker 1 waits here for the chief meanwhile
 busy = list(reports)
 if me.is_chief:  # alive, but no longer beating: only the heartbeat can tell
     dog.stop()
-    time.sleep({3 * SILENT_S})
+    time.sleep({2 * TF_SILENT_S})
     silent_after = None
 else:
     stopped = time.monotonic()
-    time.sleep({SILENT_S + 6 * BEAT_S})
+    time.sleep({TF_SILENT_S + 6 * TF_BEAT_S})
     dog.stop()
     silent_after = reports[0][0] - stopped if reports else None
 print(json.dumps({{"busy": [line for _, line in busy], "silent_after": silent_after,
@@ -157,8 +158,8 @@ def test_tensorflow_key_value_store_carries_the_heartbeat(tmp_path):
         assert process.returncode == 0, log.read_text()[-3000:]
         reports.append(json.loads(log.read_text().strip().splitlines()[-1]))
     assert reports[0]["busy"] == [] and reports[1]["busy"] == []
-    assert reports[1]["lines"] == [f"worker 0 of 2 sent no heartbeat for {SILENT_S:.0f} s"]
-    assert SILENT_S - BEAT_S < reports[1]["silent_after"] < SILENT_S + 4 * BEAT_S
+    assert reports[1]["lines"] == [f"worker 0 of 2 sent no heartbeat for {TF_SILENT_S:.0f} s"]
+    assert 0 < reports[1]["silent_after"] < TF_SILENT_S + 5 * TF_BEAT_S
 
 
 def _train_args(train: Path, valid: Path, out: Path) -> list[str]:

@@ -12,8 +12,10 @@ closing them (a machine gone from the network; SIGSTOP in the tests) is declared
 its heartbeat timeout (10 s in TensorFlow 2.21), which aborts every survivor's collectives. Either way
 TensorFlow raises in the collective (a long traceback, exit status 1), which
 `pipeline.training.watchdog.collective` turns into one line. The `pipeline.training.watchdog.Watchdog`
-beats through the same service's key-value store (`key_value_watchdog`), so the stop is bounded at 22 s by this
-project's numbers, whatever TensorFlow's own timeout. Measured on 127.0.0.1: docs/distributed.md.
+beats through the same service's key-value store (`key_value_watchdog`), so the stop is bounded at 22 s
+by this project's numbers, whatever TensorFlow's own timeout. Measured on 127.0.0.1: docs/distributed.md.
+TensorFlow reports a failed collective as a ``tf.errors.OpError``; any other exception is a bug, and keeps
+its traceback.
 
 What this relies on, probed on TensorFlow 2.21: ``set_config_key_value``, ``delete_config_key_value`` and
 ``get_config_key_value(key, timeout_in_ms)`` of ``tensorflow.python.eager.context.context()``, the
@@ -56,7 +58,7 @@ class TensorFlowEngine:
         self._step: steps.TrainStep | None = None
         several = self.role.count > 1
         self._watchdog = key_value_watchdog(self.role.index, self.role.count) if several else None
-        self._collective = (lambda: collective(_describe)) if several else contextlib.nullcontext
+        self._collective = (lambda: collective(_describe, (tf.errors.OpError,))) if several else contextlib.nullcontext
 
     def build(self, image_size: int, lr: float, loss: keras.losses.Loss, mixed_precision: bool,
               start: tuple[list, list | None] | None, network: str = "densenet121") -> keras.Model:

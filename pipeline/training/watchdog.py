@@ -48,17 +48,19 @@ def first_line(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def collective(describe: Callable[[Exception], str] = first_line) -> Iterator[None]:
+def collective(describe: Callable[[Exception], str] = first_line,
+               failures: tuple[type[Exception], ...] = (Exception,)) -> Iterator[None]:
     """Around collectives of several processes: a failure of the runtime ends this process with one line.
 
-    `InputError` passes through (the loop makes every worker hear of it); ``describe`` turns any other
-    exception into the few words the line quotes.
+    ``failures`` are the exceptions the runtime reports them with (any, by default); `InputError` passes
+    through all the same (the loop makes every worker hear of it). ``describe`` turns one into the few
+    words the line quotes.
     """
     try:
         yield
     except InputError:
         raise
-    except Exception as exc:
+    except failures as exc:
         stop(f"a collective with the other workers failed ({describe(exc)})")
 
 

@@ -13,12 +13,13 @@ read alone, so it validates and saves a local copy of the model (`JaxEngine.loca
 
 A process that dies (SIGKILL) leaves the others in a collective. Where the collective fails (gloo on CPUs
 reports "connection closed by peer" at once), the survivor prints one line and ends with exit status 1
-(`_collective`); ending at once matters, because a normal exit waits in jax.distributed's shutdown barrier
-and is then aborted (exit 134, a C++ stack and no useful line). Where it would block instead (a machine
-gone from the network), a watchdog thread of every process beats through `jax.distributed`'s key-value
-store every `HEARTBEAT_S` seconds and watches the others' beats; a peer (or the coordinator, process 0)
-silent for `SILENT_S` seconds ends the process the same way. So survivors stop within `SILENT_S` +
-`HEARTBEAT_S` seconds (22 s), before the coordination service's own abort (`HEARTBEAT_TIMEOUT_S`).
+(`pipeline.training.watchdog.collective`); ending at once matters, because a normal exit waits in
+jax.distributed's shutdown barrier and is then aborted (exit 134, a C++ stack and no useful line). Where it
+would block instead (a machine gone from the network), the `pipeline.training.watchdog.Watchdog` of every
+process beats through `jax.distributed`'s key-value store every `HEARTBEAT_S` seconds and watches the
+others' beats; a peer (or the coordinator, process 0) silent for `SILENT_S` seconds ends the process the
+same way. So survivors stop within `SILENT_S` + `HEARTBEAT_S` seconds (22 s), before the coordination
+service's own abort (`HEARTBEAT_TIMEOUT_S`).
 
 One case keeps JAX's own message: when the coordinator (process 0) dies, jax.distributed's client may notice
 first (within about a second) and abort the survivors itself, exit status 134, with the line "Terminating
@@ -31,11 +32,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
-from typing import Any, NoReturn
+from typing import Any
 
 import keras
 import numpy as np
@@ -44,6 +42,10 @@ from pipeline.core.errors import InputError
 from pipeline.networks import densenet as model_lib
 from pipeline.training import precision
 from pipeline.training.engine import STRATEGIES, WorkerRole, set_start
+from pipeline.training.watchdog import HEARTBEAT_S as HEARTBEAT_S  # the stated bound, here as before
+from pipeline.training.watchdog import SILENT_S as SILENT_S
+from pipeline.training.watchdog import WATCHDOG_EXIT as WATCHDOG_EXIT
+from pipeline.training.watchdog import Watchdog, collective
 
 ENV = {
     "coordinator": "JAX_COORDINATOR_ADDRESS",  # host:port of process 0, reachable from every machine
@@ -54,10 +56,7 @@ ENV_HINT = (
     "set JAX_COORDINATOR_ADDRESS=host:port (process 0's machine), JAX_NUM_PROCESSES=N and JAX_PROCESS_ID=I "
     "(0 to N-1, its own on each machine)"
 )
-HEARTBEAT_S = 2.0
-SILENT_S = 20.0  # a peer silent this long counts as dead: the survivors stop within about SILENT_S + HEARTBEAT_S
 HEARTBEAT_TIMEOUT_S = 60  # jax.distributed's own abort, the backstop should the watchdog itself be stuck
-WATCHDOG_EXIT = 1
 
 
 class JaxEngine:
@@ -68,19 +67,19 @@ class JaxEngine:
 
         if strategy not in STRATEGIES:
             raise InputError(f"`strategy` {strategy!r}: unknown; use one of {', '.join(STRATEGIES)}")
-        self._watchdog: _Watchdog | None = None
+        self._watchdog: Watchdog | None = None
         if strategy == "multi-worker":
             coordinator, count, index = cluster_from_env(os.environ)
             jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPUs; GPUs use NCCL regardless
             jax.distributed.initialize(coordinator, count, index, heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
-            self._watchdog = _Watchdog(index, count)
+            self._watchdog = _watchdog(index, count)
         devices = jax.devices()[:1] if strategy == "one" else jax.devices()
         processes = jax.process_count()
         self.role = WorkerRole(jax.process_index(), processes, jax.process_index() == 0)
         self.replicas = len(devices)
         self.name = "multi-worker" if processes > 1 else ("mirrored" if len(devices) > 1 else "one")
         self._distribution = keras.distribution.DataParallel(devices=devices) if len(devices) > 1 else None
-        self._collective = _collective if processes > 1 else contextlib.nullcontext
+        self._collective = collective if processes > 1 else contextlib.nullcontext
         self._local: keras.Model | None = None
         self._local_at = -1
         self._network = "densenet121"
@@ -177,25 +176,6 @@ class JaxEngine:
         precision.set_mixed_precision(False)
 
 
-@contextlib.contextmanager
-def _collective() -> Iterator[None]:
-    """Around collectives of several processes: a failure of the runtime ends this process with one line."""
-    try:
-        yield
-    except InputError:
-        raise
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        _stop(f"a collective with the other workers failed ({first})")
-
-
-def _stop(why: str) -> NoReturn:
-    """One line, then exit at once: a normal exit would wait in jax.distributed's shutdown barrier and abort."""
-    print(f"error: {why}; another worker has probably stopped: restart every worker with --resume",
-          file=sys.stderr, flush=True)
-    os._exit(WATCHDOG_EXIT)
-
-
 def cluster_from_env(env: Any) -> tuple[str, int, int]:
     """``(coordinator, processes, process)`` from the `ENV` variables, or a one-line `InputError`."""
     missing = [name for name in ENV.values() if not env.get(name)]
@@ -242,35 +222,10 @@ def _training_arrays(source: Any, image_size: int, batch_size: int, steps: int, 
     return input_pipeline.training_arrays(source, image_size, batch_size, steps, seed, 0, worker, workers)
 
 
-class _Watchdog:
-    """Beats through jax.distributed's key-value store; ends this process when a peer goes silent."""
+def _watchdog(index: int, count: int) -> Watchdog:
+    """The watchdog on jax.distributed's key-value store (its client's own set and non-blocking get)."""
+    from jax._src import distributed
 
-    def __init__(self, index: int, count: int) -> None:
-        from jax._src import distributed
-
-        self._client = distributed.global_state.client
-        self._index, self._count = index, count
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pipeline-watchdog", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopped.set()
-
-    def _run(self) -> None:
-        beats, seen = 0, {}
-        last_change = {peer: time.monotonic() for peer in range(self._count) if peer != self._index}
-        while not self._stopped.wait(HEARTBEAT_S):
-            beats += 1
-            now = time.monotonic()
-            try:
-                self._client.key_value_set(f"pipeline/heartbeat/{self._index}", str(beats), allow_overwrite=True)
-                for peer in last_change:
-                    value = self._client.key_value_try_get(f"pipeline/heartbeat/{peer}")
-                    if value != seen.get(peer):
-                        seen[peer], last_change[peer] = value, now
-            except Exception:  # the coordinator (process 0) is gone: its store no longer answers
-                pass
-            silent = [peer for peer, at in last_change.items() if now - at > SILENT_S]
-            if silent and not self._stopped.is_set():
-                _stop(f"worker {silent[0]} of {self._count} sent no heartbeat for {SILENT_S:.0f} s")
+    client = distributed.global_state.client
+    return Watchdog(lambda key, value: client.key_value_set(key, value, allow_overwrite=True),
+                    client.key_value_try_get, index, count)

@@ -14,7 +14,7 @@ Randomness. ``keras.utils.set_random_seed(seed)`` fixes the initial weights, and
 augmentation come from ``(seed, epoch)``, so a resumed run sees the same images in the same order as an
 uninterrupted one.
 
-This module stays whole (about 510 lines) because it is one protocol between workers: which worker reads,
+This module stays whole (about 530 lines) because it is one protocol between workers: which worker reads,
 writes, validates and broadcasts, and in which order around each epoch, is only checkable read together.
 Everything with a life of its own lives elsewhere (input, run folder, engines, the step, serving).
 """
@@ -151,6 +151,14 @@ def run(
     """Train as ``settings`` say into the run folder ``out`` (see `train` for the other arguments)."""
     _check_options(settings)
     engine = make_engine(strategy)  # first: a multi-worker runtime must start before any other work
+    try:
+        return _run(engine, settings, out, resume, export, log)
+    finally:
+        engine.close()  # also after an early refusal: a multi-worker watchdog must not outlive the run
+
+
+def _run(engine: Engine, settings: TrainSettings, out: Path, resume: bool, export: bool,
+         log: Callable[[str], Any]) -> pd.DataFrame:
     me, replicas = engine.role, engine.replicas
     if settings.batch_size % replicas:
         raise InputError(

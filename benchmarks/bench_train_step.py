@@ -53,25 +53,36 @@ from pipeline.training import steps  # noqa: E402
 LABELS = REPO / "nih" / "train-small.csv"
 IMAGES = REPO / "nih" / "images"
 TORCH_PYTHON = "/tmp/torchenv/bin/python"
+OURS, OURS_BF16, TORCH_BF16 = "step, float32", "step, mixed_bfloat16", "torch, bfloat16"
+SKIPPABLE = ("prepared", "keras-bn", "tob", "bf16", "fp16", "torch")
 
 TORCH_STEP = r"""
 import sys, time
-import torch, torchvision
+import torch
 size, batch = int(sys.argv[1]), int(sys.argv[2])
 pos = torch.tensor([float(v) for v in sys.argv[3].split(",")])
 neg = torch.tensor([float(v) for v in sys.argv[4].split(",")])
+channels_last, bf16 = "channels-last" in sys.argv[5:], "bf16" in sys.argv[5:]
 torch.manual_seed(0)
-net = torchvision.models.densenet121(weights=None, num_classes=14)
+try:  # the issue's peer: torchxrayvision's DenseNet121, one input channel
+    import torchxrayvision as xrv
+    net, name = xrv.models.DenseNet(weights=None, num_classes=14, in_channels=1), "torchxrayvision DenseNet121"
+    x = torch.rand(batch, 1, size, size) * 2048 - 1024  # its input range
+except ImportError:
+    import torchvision
+    net, name = torchvision.models.densenet121(weights=None, num_classes=14), "torchvision DenseNet121"
+    x = torch.rand(batch, 3, size, size)
 net.train()
+if channels_last:
+    net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
 optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
-x = torch.rand(batch, 1, size, size) * 255
 y = (torch.rand(batch, 14) < 0.2).float()
-mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+print(f"torch {torch.__version__}, {name}, {torch.get_num_threads()} threads", flush=True)
 for line in sys.stdin:
     start = time.perf_counter()
-    p = torch.sigmoid(net((x.expand(-1, 3, -1, -1) / 255 - mean) / std))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = net(x)
+    p = torch.sigmoid(logits.float())
     loss = -(pos * y * torch.log(p + 1e-7) + neg * (1 - y) * torch.log(1 - p + 1e-7)).sum(1).mean()
     optimizer.zero_grad()
     loss.backward()
@@ -91,14 +102,42 @@ def real_batch(size: int, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return x[..., np.newaxis].astype(np.float32), y, pos, neg
 
 
-def keras_step(size: int, loss: keras.losses.Loss, batch: int, fused: bool) -> tuple[keras.Model, Callable]:
-    """The project's traced step (`pipeline.training.steps.make_train_step`) on a fresh model, default strategy."""
+def keras_step(size: int, loss: keras.losses.Loss, batch: int, fused: bool,
+               policy: str = "float32") -> tuple[keras.Model, Callable]:
+    """The project's traced step (`pipeline.training.steps.make_train_step`) on a fresh model, default strategy,
+    built under the Keras dtype ``policy`` (``mixed_float16`` gets the loss-scaling optimizer, as in `train`)."""
     keras.utils.set_random_seed(0)
-    net = densenet.build(size, "none")
-    batchnorm.set_fused(net, fused)
-    optimizer = keras.optimizers.Adam(1e-4)
-    step = steps.make_train_step(tf.distribute.get_strategy(), net, loss, optimizer, batch)
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        net = densenet.build(size, "none")
+        batchnorm.set_fused(net, fused)
+        optimizer = keras.optimizers.Adam(1e-4)
+        if policy == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        step = steps.make_train_step(tf.distribute.get_strategy(), net, loss, optimizer, batch)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
     return net, step
+
+
+class TorchSide:
+    """A PyTorch step in its own process (``TORCH_STEP``), one step per line written to its stdin."""
+
+    def __init__(self, python: str, script: Path, size: int, batch: int, weights: list[str], options: list[str],
+                 env: dict[str, str]) -> None:
+        self.process = subprocess.Popen([python, str(script), str(size), str(batch), *weights, *options],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                        env={**os.environ, **env})
+        self.banner = self.process.stdout.readline().strip()
+
+    def __call__(self) -> float:
+        self.process.stdin.write("step\n")
+        self.process.stdin.flush()
+        return float(self.process.stdout.readline().split()[0])  # its own timing, without the pipe
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
 
 
 def main() -> None:
@@ -107,10 +146,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="images per step")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps of each side")
     parser.add_argument("--torch-python", default=TORCH_PYTHON, help="interpreter of an environment with torch")
-    parser.add_argument("--torch-spin", action="store_true", help="leave OpenMP's default (spinning) wait policy")
-    parser.add_argument("--skip", nargs="*", default=[], help="sides to leave out: prepared keras-bn tob torch")
+    parser.add_argument("--skip", nargs="*", default=[], choices=SKIPPABLE, metavar="SIDE",
+                        help=f"sides to leave out: {' '.join(SKIPPABLE)}")
     args = parser.parse_args()
-    size, batch = args.size, args.batch
+    size, batch, skip = args.size, args.batch, set(args.skip)
 
     print(f"machine: {platform.platform()}, {platform.machine()}, {os.cpu_count()} cpus, load {os.getloadavg()}")
     print(f"Python {platform.python_version()}, TensorFlow {tf.__version__}, Keras {keras.__version__}")
@@ -124,59 +163,55 @@ def main() -> None:
     loss = WeightedBinaryCrossentropy(pos, neg)
     sides: dict[str, Callable[[], float]] = {}
 
-    _, step = keras_step(size, loss, batch, fused=True)
-    memory = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
-    sides["step, in memory"] = lambda: float(step(memory)[0])
+    def add_keras(name: str, fused: bool = True, policy: str = "float32") -> None:
+        _, step = keras_step(size, loss, batch, fused, policy)
+        memory = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
+        sides[name] = lambda: float(step(memory)[0])
 
+    add_keras(OURS)
     workdir = tempfile.TemporaryDirectory(prefix="bench_train_step_")
-    if "prepared" not in args.skip:
+    if "prepared" not in skip:
+        _, step = keras_step(size, loss, batch, fused=True)
         folder = Path(workdir.name) / "prepared"
         prepare.prepare(LABELS, IMAGES, folder, size, workers=2, log=lambda line: None)
         source = input_pipeline.open_source(folder)
         total = 1000 * (args.repeats + 4)  # more steps than the benchmark takes
         prepared = iter(input_pipeline.training_batches(source, size, batch, total, seed=0))
-        sides["step, prepared"] = lambda: float(step(prepared)[0])  # same trace, another input
+        sides["step, prepared"] = lambda: float(step(prepared)[0])
         print(f"prepared folder: {len(source)} real NIH images at {size} px, augmentation on")
-
-    if "keras-bn" not in args.skip:
-        _, plain_step = keras_step(size, loss, batch, fused=False)
-        plain_memory = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
-        sides["step, Keras BN"] = lambda: float(plain_step(plain_memory)[0])
-
-    if "tob" not in args.skip:
+    if "keras-bn" not in skip:
+        add_keras("step, Keras BN", fused=False)
+    if "tob" not in skip:
         keras.utils.set_random_seed(0)
         bare = densenet.build(size, "none")
         batchnorm.set_fused(bare, False)  # Keras's own layers: the model as plain Keras trains it
         bare.compile(optimizer=keras.optimizers.Adam(1e-4), loss=loss)
         sides["train_on_batch"] = lambda: float(bare.train_on_batch(x, y))
+    if "bf16" not in skip:
+        add_keras(OURS_BF16, policy="mixed_bfloat16")
+    if "fp16" not in skip:
+        add_keras("step, mixed_float16", policy="mixed_float16")
 
-    torch = None
-    if "torch" not in args.skip:
-        if Path(args.torch_python).is_file():
-            script = Path(workdir.name) / "torch_step.py"
-            script.write_text(TORCH_STEP)
-            weights = [",".join(f"{v:.6f}" for v in w) for w in (pos, neg)]
-            torch = subprocess.Popen(
-                [args.torch_python, str(script), str(size), str(batch), *weights],
-                stdin=subprocess.PIPE,
-                env={**os.environ, **({} if args.torch_spin else {"OMP_WAIT_POLICY": "PASSIVE"})},
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            policy = os.environ.get("OMP_WAIT_POLICY", "default") if args.torch_spin else "PASSIVE"
-            print(f"{torch.stdout.readline().strip()}, OMP_WAIT_POLICY {policy}")
-
-            def torch_step() -> float:
-                torch.stdin.write("step\n")
-                torch.stdin.flush()
-                return float(torch.stdout.readline().split()[0])  # its own timing, without the pipe
-
-            sides["torch"] = torch_step
-        else:
-            print(
-                f"torch: skipped, no interpreter at {args.torch_python} (python3 -m venv /tmp/torchenv && "
-                "/tmp/torchenv/bin/pip install torch torchvision)"
-            )
+    torches: list[TorchSide] = []
+    if "torch" not in skip and not Path(args.torch_python).is_file():
+        print(f"torch: skipped, no interpreter at {args.torch_python} (python3 -m venv /tmp/torchenv && "
+              "/tmp/torchenv/bin/pip install torch torchvision torchxrayvision)")
+    elif "torch" not in skip:
+        script = Path(workdir.name) / "torch_step.py"
+        script.write_text(TORCH_STEP)
+        weights = [",".join(f"{v:.6f}" for v in w) for w in (pos, neg)]
+        configs = [
+            ("torch, OpenMP default", ["channels-last"], {}),
+            ("torch, passive", ["channels-last"], {"OMP_WAIT_POLICY": "PASSIVE"}),
+            ("torch, NCHW", [], {}),
+        ]
+        if "bf16" not in skip:
+            configs.append((TORCH_BF16, ["channels-last", "bf16"], {}))
+        for name, options, env in configs:
+            side = TorchSide(args.torch_python, script, size, batch, weights, options, env)
+            torches.append(side)
+            sides[name] = side
+        print(f"{torches[0].banner}; channels-last memory format except 'torch, NCHW'")
 
     for name, side in sides.items():  # first calls trace (TensorFlow) or allocate (PyTorch)
         start = time.perf_counter()
@@ -188,21 +223,24 @@ def main() -> None:
         for name, side in sides.items():
             start = time.perf_counter()
             seconds = side()
-            times[name].append(seconds if name == "torch" else time.perf_counter() - start)
-    if torch is not None:
-        torch.stdin.close()
-        torch.wait()
+            times[name].append(seconds if isinstance(side, TorchSide) else time.perf_counter() - start)
+    for side in torches:
+        side.close()
     workdir.cleanup()
 
     print(f"\nload after: {os.getloadavg()}; medians of {args.repeats} steps (min-max)")
     medians = {name: statistics.median(values) for name, values in times.items()}
-    ours = medians["step, in memory"]
     for name, values in times.items():
-        line = f"  {name:16s} {medians[name]:6.2f} s/step ({min(values):.2f}-{max(values):.2f})  "
+        line = f"  {name:22s} {medians[name]:6.2f} s/step ({min(values):.2f}-{max(values):.2f})  "
         line += f"{batch / medians[name]:6.2f} images/s"
-        if name != "step, in memory":
-            line += f"   `train`'s step (in memory) is {medians[name] / ours:.2f}x as fast"
+        if name != OURS:
+            line += f"   `train`'s float32 step is {medians[name] / medians[OURS]:.2f}x as fast"
         print(line)
+    float32_torch = [medians[name] for name in medians if name.startswith("torch, ") and name != TORCH_BF16]
+    if float32_torch:
+        print(f"float32: `train`'s step is {min(float32_torch) / medians[OURS]:.2f}x as fast as PyTorch's best")
+    if OURS_BF16 in medians and TORCH_BF16 in medians:
+        print(f"bfloat16: `train`'s step is {medians[TORCH_BF16] / medians[OURS_BF16]:.2f}x as fast as PyTorch's")
 
 
 if __name__ == "__main__":

@@ -219,6 +219,8 @@ def _run(engine: Engine, settings: TrainSettings, out: Path, resume: bool, expor
                 f"{replicas} replica{'s' if replicas > 1 else ''} on {me.count} worker{'s' if me.count > 1 else ''} "
                 f"({keras.backend.backend()})"
             )
+        if me.is_chief and (note := precision.slow_here_note(settings.mixed_precision)):
+            log(note)
         predict = engine.predictor(net) if me.is_chief else None
         epoch, lr_now = int(start[0]), start[2]
         while True:

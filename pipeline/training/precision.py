@@ -23,6 +23,24 @@ def needs_loss_scaling(enabled: bool) -> bool:
     return policy(enabled) == "mixed_float16"
 
 
+def slow_here_note(enabled: bool) -> str | None:
+    """A line for a run about to compute in float16 without a GPU, where it is slower than float32, not faster.
+
+    TensorFlow's CPU kernels for float16 convolutions are not oneDNN's: a DenseNet121 step took 4.1x as long
+    as in float32 on this project's 2-core x86 machine (`benchmarks/bench_train_step.py`, 64 px).
+    """
+    if policy(enabled) != "mixed_float16":
+        return None
+    import tensorflow as tf  # the mixed_float16 policy is TensorFlow's alone
+
+    if tf.config.list_logical_devices("GPU"):
+        return None
+    return (
+        "note: --mixed-precision computes in float16 under TensorFlow, which on a CPU trains several times slower "
+        "than float32: it pays on GPUs"
+    )
+
+
 def set_mixed_precision(enabled: bool) -> None:
     """Set Keras's global dtype policy (`policy`) for the models built next; ``False`` restores float32.
 

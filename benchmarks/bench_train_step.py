@@ -3,7 +3,7 @@
 All sides train a random-init DenseNet121 (``pipeline.networks.densenet.build(size, "none")``, 14 sigmoid outputs) with
 Adam on ``batch`` images of ``size`` px, with the class-weighted loss (PyTorch: the same formula):
 
-- ``step, in memory``: `pipeline.training.steps.make_train_step` under the default strategy, as `train` runs it, fed
+- ``step, float32``: `pipeline.training.steps.make_train_step` under the default strategy, as `train` runs it, fed
   one fixed batch of real NIH images from memory (a repeated ``tf.data`` of one element);
 - ``step, prepared``: the same traced step fed by `pipeline.data.input_pipeline.training_batches` from a prepared folder
   of real NIH images made here in a temporary folder (decoding and augmentation included), to show whether
@@ -12,12 +12,15 @@ Adam on ``batch`` images of ``size`` px, with the class-weighted loss (PyTorch: 
   show what the fused kernel gives;
 - ``train_on_batch``: ``model.compile(Adam, loss)`` and ``model.train_on_batch`` with Keras's own
   BatchNormalization, i.e. the model as plain Keras trains it;
-- ``torch``: torchvision's DenseNet121 (random init, 1-channel input copied to 3, 14 outputs) with
-  ``torch.optim.Adam`` in a subprocess of a separate environment (``--torch-python``, default
-  ``/tmp/torchenv/bin/python``; PyTorch is not a dependency of this project; skipped with a message when that
-  interpreter is missing). It waits for a line on stdin per step, so its steps take turns with the others.
-  It runs with ``OMP_WAIT_POLICY=PASSIVE`` (``--torch-spin`` to leave OpenMP's default): on cores shared with
-  other processes, OpenMP's spinning threads made a 64 px step 10-20x slower here (4.5-8.9 s against 0.3-0.4 s).
+- ``step, mixed_bfloat16`` / ``step, mixed_float16``: the in-memory step under those Keras policies (float16
+  with the loss-scaling optimizer, as `train --mixed-precision` runs under TensorFlow);
+- ``torch, ...``: torchxrayvision's DenseNet121 (random init, one input channel, 14 outputs; torchvision's when
+  torchxrayvision is absent) with ``torch.optim.Adam``, each setting in its own subprocess of a separate
+  environment (``--torch-python``, default ``/tmp/torchenv/bin/python``; PyTorch is not a dependency of this
+  project; skipped with a message when that interpreter is missing), at PyTorch's best settings on this CPU:
+  channels-last memory format (1.3-1.4x faster than its default NCHW, also measured) with OpenMP's default
+  waiting and with ``OMP_WAIT_POLICY=PASSIVE`` (better on cores shared with other processes), and bfloat16
+  autocast. Each waits for a line on stdin per step, so its steps take turns with the others.
 
 Every side is warmed up (tracing), then the sides take turns step by step, so a change in machine load (other
 processes share the cores) hits all alike; medians are compared. Run from the repository root:

@@ -118,6 +118,8 @@ def evaluate_files(
     conformal.check_request(miss_rate, false_alarm_rate, valid_predictions is not None or valid_labels is not None)
     inputs = _read_inputs(labels_file, images if checkpoint is not None else None, valid_predictions, valid_labels,
                           thresholds_file)
+    # hashed before loading: the weights recorded are the ones scored even if the file is rewritten meanwhile
+    checkpoint_sha256 = sha256_of(checkpoint) if checkpoint is not None else None
     if checkpoint is not None:
         scored = _predict_checkpoint(checkpoint, inputs, labels_file, images, valid_labels, warn)
     else:
@@ -142,6 +144,7 @@ def evaluate_files(
         labels_file=labels_file,
         labels_sha256=inputs.prepared.sha256 if inputs.prepared is not None else sha256_of(labels_file),
         checkpoint=checkpoint,
+        checkpoint_sha256=checkpoint_sha256,
         predictions_file=predictions_file,
         skipped=scored.skipped,
     )
@@ -317,12 +320,14 @@ def _stamp_provenance(
     labels_file: str | Path,
     labels_sha256: str,
     checkpoint: str | Path | None,
+    checkpoint_sha256: str | None,
     predictions_file: str | Path | None,
     skipped: dict[str, str],
 ) -> None:
     """Record in the summary when and from what the evaluation was made."""
     summary.created = datetime.now(UTC).isoformat(timespec="seconds")
     summary.checkpoint = str(checkpoint) if checkpoint is not None else None
+    summary.checkpoint_sha256 = checkpoint_sha256
     summary.predictions_file = str(predictions_file) if predictions_file is not None else None
     summary.labels_file = str(labels_file)
     summary.labels_sha256 = labels_sha256

@@ -139,6 +139,7 @@ class Summary:
     target_sensitivity: float | None = None  # part of the threshold_source key
     created: str | None = None
     checkpoint: str | None = None
+    checkpoint_sha256: str | None = None  # the weights scored: what binds thresholds to a checkpoint (provenance)
     predictions_file: str | None = None
     labels_file: str | None = None
     labels_sha256: str | None = None
@@ -161,6 +162,7 @@ class Summary:
             provenance = {
                 "created": self.created,
                 "checkpoint": self.checkpoint,
+                **({"checkpoint_sha256": self.checkpoint_sha256} if self.checkpoint_sha256 else {}),
                 "predictions_file": self.predictions_file,
                 "labels_file": self.labels_file,
                 "labels_sha256": self.labels_sha256,
@@ -216,6 +218,7 @@ class Summary:
                 notes=[str(note) for note in content["notes"]],
                 created=content.get("created"),
                 checkpoint=content.get("checkpoint"),
+                checkpoint_sha256=content.get("checkpoint_sha256"),
                 predictions_file=content.get("predictions_file"),
                 labels_file=content.get("labels_file"),
                 labels_sha256=content.get("labels_sha256"),

@@ -213,3 +213,7 @@ def test_guarantees_and_thresholds_go_only_to_the_weights_evaluated(evaluated_ru
     code, out, err = run_main(capsys, "predict", "--checkpoint", a, image)
     assert code == 0 and "conformal answers" not in out and "POSITIVE" not in out
     assert "no operating thresholds, nothing is marked positive" in out
+    # nor are operating thresholds or conformal thresholds chosen for it on the old weights' validation scores
+    code, _, err = run_main(capsys, "evaluate", "--checkpoint", a, "--labels", TEST_LABELS, "--images", NIH / "images",
+                            "--valid-predictions", evaluation, "--out", tmp_path / "eval")
+    assert_one_line_error(code, err, "--valid-predictions", "the scores of other weights than best.keras")

@@ -114,15 +114,15 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
         return hashlib.file_digest(file, "sha256").hexdigest()
 
 
-_HASHES: dict[tuple[str, int, int], str] = {}
+_HASHES: dict[tuple[str, int, int, int], str] = {}
 _HASHES_KEPT = 64  # a few checkpoints and exports: the dashboard asks on every rerun
 
 
 def sha256_cached(path: str | os.PathLike[str]) -> str:
-    """`sha256_of`, remembered per (path, size, modification time): asking again for an unchanged checkpoint is
-    free, while a file rewritten in place (other weights under the same name) is hashed anew."""
+    """`sha256_of`, remembered per (path, size, modification time, inode): asking again for an unchanged checkpoint
+    is free, while a file rewritten or replaced (other weights under the same name) is hashed anew."""
     info = os.stat(path)
-    key = (os.path.realpath(path), info.st_size, info.st_mtime_ns)
+    key = (os.path.realpath(path), info.st_size, info.st_mtime_ns, info.st_ino)
     if key not in _HASHES:
         if len(_HASHES) >= _HASHES_KEPT:
             _HASHES.pop(next(iter(_HASHES)))

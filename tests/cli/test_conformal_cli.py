@@ -156,7 +156,7 @@ def test_evaluate_a_checkpoint_abstains_on_out_of_distribution_images_first(eval
     assert curve.loc[11, "set_miss"] == pytest.approx(conformal.missed_shares(y, p, guarantees.image.threshold).mean())
 
 
-def test_guarantees_and_thresholds_go_only_to_the_weights_evaluated(evaluated_run, tmp_path, capsys):
+def test_guarantees_and_thresholds_go_only_to_the_weights_evaluated(evaluated_run, small_model, tmp_path, capsys):
     """A retrained or copied-in best.keras must not inherit the thresholds measured on the old weights: `evaluate`
     records the checkpoint's SHA-256 and `predict` compares it; an older evaluation matches by name, saying so."""
     import shutil
@@ -202,9 +202,13 @@ def test_guarantees_and_thresholds_go_only_to_the_weights_evaluated(evaluated_ru
 
     # Other weights written over best.keras after evaluating: the recorded SHA-256 no longer matches.
     metrics_file.write_text(original)
-    net = densenet.load(a)
-    net.set_weights([w + 0.01 for w in net.get_weights()])
-    densenet.save(net, a)
+    bias = small_model.get_layer("predictions").bias  # the weights evaluated, retrained a little
+    original = bias.numpy().copy()
+    bias.assign(original + 0.5)
+    try:
+        densenet.save(small_model, a)
+    finally:
+        bias.assign(original)
     assert conformal.find_for_checkpoint(a) is None
     thresholds, note = run_thresholds(a)
     assert thresholds == {} and "evaluated other weights than those now in best.keras" in note

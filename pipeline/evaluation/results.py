@@ -6,7 +6,8 @@ An evaluation folder is self-describing; the dashboard, `evaluation.compare` and
 - ``labels.csv``: the labels scored against, in the course format (``Image``, the 14 findings, ``PatientId``);
 - ``metrics.json``: per finding the AUC with its bootstrap 95% interval, average precision, prevalence, the
   operating threshold and sensitivity, specificity, PPV, NPV, F1 and confusion counts there, Brier score and
-  calibration; the macro mean AUC with its interval; where the predictions, labels and thresholds came from;
+  calibration; the macro mean AUC with its interval; where the predictions, labels and thresholds came from
+  (a checkpoint with its SHA-256, which `pipeline.evaluation.provenance` matches before the thresholds are used);
 - ``roc.csv``, ``pr.csv``, ``calibration.csv``: the curves, so that plots need no recomputation;
 - with ``evaluate --plots``, ``curves.html``: the figures of `pipeline.plots` on one self-contained page;
 - where ages, sexes and views are known, the subgroup audit (`pipeline.evaluation.subgroups`): ``subgroups.json``

@@ -14,7 +14,7 @@ import shared
 import streamlit as st
 
 from pipeline import plots
-from pipeline.evaluation import conformal, results
+from pipeline.evaluation import conformal, provenance, results
 from pipeline.evaluation.results import Conformal, Realised
 
 ANSWER_COLUMNS = ("Flagged", "Uncertain", "Ruled out")
@@ -154,15 +154,16 @@ def batch_columns(found: Conformal | None, names: list[str], answer) -> dict[str
 
 
 def source_of(evaluation: Path | None, checkpoint: Path) -> tuple[Conformal | None, str]:
-    """The run's guarantees (from its headline evaluation, if it scored ``checkpoint``) and where they come from."""
+    """The run's guarantees (from its headline evaluation, if it scored ``checkpoint``'s weights) and where they come
+    from; an evaluation matched by file name only says so (`pipeline.evaluation.provenance`)."""
     if evaluation is None:
         return None, "the run has no evaluation"
     found, _ = read(evaluation)
+    shown = f"`{shared.display_path(evaluation)}`"
     if found is None:
-        return None, (f"`{shared.display_path(evaluation)}` has no conformal thresholds (evaluate with "
-                      "`--miss-rate`)")
-    if not conformal.scored_by(evaluation, checkpoint):
-        return None, (f"`{shared.display_path(evaluation)}` evaluated another checkpoint than "
-                      f"`{checkpoint.name}`, so its thresholds promise nothing for it (evaluate this one)")
-    return found, (f"thresholds from `{shared.display_path(evaluation)}`, calibrated on "
-                   f"`{shared.display_path(found.calibration)}` ({found.calibration_images} images)")
+        return None, f"{shown} has no conformal thresholds (evaluate with `--miss-rate`)"
+    matched = provenance.match(evaluation, checkpoint, shown)
+    if not matched.ok:
+        return None, matched.note
+    calibrated = f"calibrated on `{shared.display_path(found.calibration)}` ({found.calibration_images} images)"
+    return found, f"{matched.note or f'thresholds from {shown}'}, {calibrated}"

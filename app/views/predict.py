@@ -24,6 +24,7 @@ from pipeline.core import paths
 from pipeline.core.errors import InputError
 from pipeline.core.text import count, plural
 from pipeline.data import imaging
+from pipeline.evaluation import provenance
 from pipeline.evaluation.results import Conformal
 from pipeline.explain import gradcam
 from pipeline.inference import ood, serving
@@ -202,9 +203,14 @@ if evaluation is not None:
     threshold_note = "the run's evaluation could not be read, so no operating thresholds are marked"
     with shared.guard():
         result = shared.read_metrics(evaluation)
-        thresholds = result.thresholds
-        threshold_note = (f"thresholds from `{paths.shorten(evaluation, paths.artifacts_dir())}`, "
-                          f"{result.threshold_source.describe(result.target_sensitivity)}")
+        shown = f"`{paths.shorten(evaluation, paths.artifacts_dir())}`"
+        matched = provenance.match(evaluation, run.checkpoint, shown)  # only thresholds measured on these weights
+        if matched.ok:
+            thresholds = result.thresholds
+            threshold_note = (f"{matched.note or f'thresholds from {shown}'}, "
+                              f"{result.threshold_source.describe(result.target_sensitivity)}")
+        else:
+            threshold_note = f"no operating thresholds are marked: {matched.note}"
 model_note = (f"model `{shared.display_path(run.checkpoint)}` (run {run.name}, served by {predictor.source}); "
               f"{threshold_note}")
 guarantees, guarantee_source = None, "the run's evaluation could not be read"

@@ -61,6 +61,8 @@ def run_predict(args: argparse.Namespace) -> int:
         why = ood.unavailable(args.checkpoint.parent)
         warn(f"only the pixel checks guard these images, no typicality check: {why}")
     guarantees = _guarantees(args.checkpoint, args.conformal)
+    if guarantees is not None and guarantees.note is not None:
+        warn(f"conformal {guarantees.note}")
     names = predictor.names
     thresholds, threshold_note = run_thresholds(Path(args.checkpoint))
     if not args.json:
@@ -121,10 +123,11 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_thresholds(checkpoint: Path) -> tuple[dict[str, float], str]:
     """The operating thresholds of the checkpoint's run (its headline evaluation, as the dashboard), and a line
-    saying where they come from; none when the run has no readable evaluation."""
+    saying where they come from; none when the run has no readable evaluation or it evaluated other weights
+    (`pipeline.evaluation.provenance`)."""
     from pipeline.cli import warn
     from pipeline.core.errors import InputError
-    from pipeline.evaluation import results
+    from pipeline.evaluation import provenance, results
     from pipeline.training import runs
 
     evaluation = runs.headline_evaluation(runs.run_evaluations(checkpoint.parent))
@@ -135,7 +138,11 @@ def run_thresholds(checkpoint: Path) -> tuple[dict[str, float], str]:
     except InputError as exc:
         warn(f"the run's evaluation cannot be read, so no finding is marked positive ({exc})")
         return {}, "no readable evaluation of this run, so no operating thresholds: nothing is marked positive"
-    note = (f"thresholds from {evaluation} ({summary.threshold_source.describe(summary.target_sensitivity)}); "
+    matched = provenance.match(evaluation, checkpoint)
+    if not matched.ok:
+        return {}, f"no operating thresholds, nothing is marked positive: {matched.note}"
+    where = matched.note or f"thresholds from {evaluation}"  # the note says when they match by file name only
+    note = (f"{where} ({summary.threshold_source.describe(summary.target_sensitivity)}); "
             "POSITIVE: the probability reaches the finding's threshold")
     return summary.thresholds, note
 
@@ -180,24 +187,28 @@ def _json_line(path: Path, names: list[str], probabilities: np.ndarray, overlays
 # --- conformal answers (issue 19) ------------------------------------------------------------------------------
 
 
-def _guarantees(checkpoint: Path, eval_dir: Path | None) -> tuple[Path, Any] | None:
-    """The evaluation folder and conformal guarantees answers are given with: ``--conformal``, else the run's."""
+def _guarantees(checkpoint: Path, eval_dir: Path | None) -> Any:
+    """The guarantees answers are given with (`conformal.Found`): ``--conformal``, which must have evaluated the
+    same weights (else a one-line error), else the run's own evaluation of them, else None."""
     from pipeline.evaluation import conformal
 
     if eval_dir is not None:
-        return eval_dir, conformal.load(eval_dir)
+        return conformal.load_for(eval_dir, checkpoint)
     return conformal.find_for_checkpoint(checkpoint)
 
 
-def _conformal_record(guarantees: tuple[Path, Any], names: list[str], probabilities: np.ndarray,
+def _conformal_record(guarantees: Any, names: list[str], probabilities: np.ndarray,
                       verdict: Any) -> dict[str, Any]:
-    """``{"evaluation", "calibration", "calibration_images", "miss_rate", "false_alarm_rate", "answers": {finding:
-    answer}, "guarantees": {finding: words}, "image_set": [findings not ruled out at image level] or null,
-    "image_set_guarantee": words}``; for an out-of-distribution image ``answers`` is null and ``reason`` says why."""
+    """``{"evaluation", "matched_by", "calibration", "calibration_images", "miss_rate", "false_alarm_rate",
+    "answers": {finding: answer}, "guarantees": {finding: words}, "image_set": [findings not ruled out at image
+    level] or null, "image_set_guarantee": words}``; ``matched_by`` is ``"sha256"`` (the evaluation scored these
+    weights) or ``"file name"`` (an older evaluation); for an out-of-distribution image ``answers`` is null and
+    ``reason`` says why."""
     from pipeline.evaluation import conformal
 
-    folder, found = guarantees
-    record: dict[str, Any] = {"evaluation": str(folder), "calibration": found.calibration,
+    folder, found, note = guarantees
+    record: dict[str, Any] = {"evaluation": str(folder), "matched_by": "sha256" if note is None else "file name",
+                              "calibration": found.calibration,
                               "calibration_images": found.calibration_images, "miss_rate": found.miss_rate,
                               "false_alarm_rate": found.false_alarm_rate}
     if not verdict.in_distribution:
@@ -209,7 +220,7 @@ def _conformal_record(guarantees: tuple[Path, Any], names: list[str], probabilit
             "image_set": conformal.image_set(found, scores), "image_set_guarantee": conformal.image_set_text(found)}
 
 
-def _with_answers(text: str, guarantees: tuple[Path, Any], names: list[str], probabilities: np.ndarray,
+def _with_answers(text: str, guarantees: Any, names: list[str], probabilities: np.ndarray,
                   verdict: Any, as_json: bool) -> str:
     """The image's output with its conformal answers: a ``conformal`` entry in JSON, a block of lines in text."""
     record = _conformal_record(guarantees, names, probabilities, verdict)

@@ -114,6 +114,22 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
         return hashlib.file_digest(file, "sha256").hexdigest()
 
 
+_HASHES: dict[tuple[str, int, int, int], str] = {}
+_HASHES_KEPT = 64  # a few checkpoints and exports: the dashboard asks on every rerun
+
+
+def sha256_cached(path: str | os.PathLike[str]) -> str:
+    """`sha256_of`, remembered per (path, size, modification time, inode): asking again for an unchanged checkpoint
+    is free, while a file rewritten or replaced (other weights under the same name) is hashed anew."""
+    info = os.stat(path)
+    key = (os.path.realpath(path), info.st_size, info.st_mtime_ns, info.st_ino)
+    if key not in _HASHES:
+        if len(_HASHES) >= _HASHES_KEPT:
+            _HASHES.pop(next(iter(_HASHES)))
+        _HASHES[key] = sha256_of(path)
+    return _HASHES[key]
+
+
 def read_json_object(path: str | os.PathLike[str], fix: str) -> dict[str, Any]:
     """A JSON object file (a config, a state); `InputError` ending in ``fix`` when it is unreadable or not one."""
     try:

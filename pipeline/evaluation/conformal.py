@@ -17,7 +17,7 @@ scoring below t. Then the expected share of a new image's true findings left out
 The guarantees are marginal (on average over calibration sets and new images), hold only for images
 exchangeable with the calibration images, and say nothing about one image. NumPy and SciPy only.
 
-About 480 lines, kept whole on purpose: the per-finding thresholds, the answers built on them, the image-level
+About 500 lines, kept whole on purpose: the per-finding thresholds, the answers built on them, the image-level
 threshold, the realised rates and the abstention curve are one method sharing one rank rule and one stored type
 (`pipeline.evaluation.results.Conformal`); `evaluate` and `predict` call only its public functions.
 """
@@ -28,6 +28,7 @@ import enum
 import math
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -35,7 +36,7 @@ from scipy import stats
 
 from pipeline.core.errors import InputError
 from pipeline.core.findings import FINDINGS
-from pipeline.evaluation import metrics
+from pipeline.evaluation import metrics, provenance
 from pipeline.evaluation.results import (
     CONFORMAL_JSON,
     RISK_COVERAGE_COLUMNS,
@@ -375,12 +376,21 @@ OOD_REASON = ("out of distribution ({}): conformal guarantees hold only for imag
               "so this image gets none")
 
 
-def find_for_checkpoint(checkpoint: str | Path) -> tuple[Path, Conformal] | None:
+class Found(NamedTuple):
+    """Guarantees found for a checkpoint: the evaluation folder, its conformal.json, and the one line to show when
+    the evaluation matched the checkpoint by file name only (`pipeline.evaluation.provenance`); else None."""
+
+    folder: Path
+    guarantees: Conformal
+    note: str | None
+
+
+def find_for_checkpoint(checkpoint: str | Path) -> Found | None:
     """The conformal guarantees of a checkpoint's run: its ``eval-test`` folder's, else the first evaluation's
     that has a conformal.json, else None. A checkpoint under ``checkpoints/`` belongs to the run above it.
 
-    An evaluation whose metrics.json names another checkpoint of the run (``last.keras``, an epoch's) is passed
-    over: its thresholds were calibrated on another model's scores and promise nothing for this one.
+    Only an evaluation of the same weights counts (`provenance.match`: by SHA-256, an older one by file name with
+    a note, preferring the former); one of other weights, or made from a predictions file, promises nothing here.
     """
     checkpoint = Path(checkpoint).resolve()
     folder = checkpoint.parent
@@ -388,21 +398,26 @@ def find_for_checkpoint(checkpoint: str | Path) -> tuple[Path, Conformal] | None
         folder = folder.parent
     found = sorted(path.parent for path in folder.glob(f"*/{CONFORMAL_JSON}"))
     found.sort(key=lambda path: path.name != "eval-test")
+    by_name = None
     for path in found:
         guarantees = read_conformal(path)
-        if guarantees is not None and scored_by(path, checkpoint):
-            return path, guarantees
-    return None
+        if guarantees is None:
+            continue
+        matched = provenance.match(path, checkpoint, _name(path))
+        if matched.binding is provenance.Binding.SAME_WEIGHTS:
+            return Found(path, guarantees, None)
+        if matched.ok and by_name is None:
+            by_name = Found(path, guarantees, matched.note)
+    return by_name
 
 
-def scored_by(eval_dir: str | Path, checkpoint: str | Path) -> bool:
-    """Whether an evaluation folder scored ``checkpoint``: its metrics.json names it (by file stem, so that a moved
-    run and the ONNX export of the same weights still match), or names none (predictions from a file)."""
-    try:
-        evaluated = read_metrics(eval_dir).checkpoint
-    except InputError:
-        return False
-    return evaluated is None or Path(evaluated).stem == Path(checkpoint).stem
+def load_for(eval_dir: str | Path, checkpoint: str | Path) -> Found:
+    """An evaluation folder's guarantees for ``checkpoint``; `InputError` when it has none or scored other weights."""
+    guarantees = load(eval_dir)
+    matched = provenance.match(eval_dir, checkpoint)
+    if not matched.ok:
+        raise InputError(matched.note)
+    return Found(Path(eval_dir), guarantees, matched.note)
 
 
 def load(eval_dir: str | Path) -> Conformal:

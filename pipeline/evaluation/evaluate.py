@@ -5,7 +5,7 @@ predicts the images with a checkpoint), chooses the operating thresholds, comput
 `evaluate_predictions`, and writes the evaluation folder through `pipeline.evaluation.results`, which owns its format.
 Comparing evaluations is `pipeline.evaluation.compare`. TensorFlow is imported only to predict with a checkpoint.
 
-About 620 lines, kept whole on purpose: `evaluate_files` (what the command does, as plain steps: check the
+About 640 lines, kept whole on purpose: `evaluate_files` (what the command does, as plain steps: check the
 arguments, read the inputs, predict, choose the thresholds, compute, stamp the provenance, write) and
 `evaluate_predictions` (the numbers) are the two halves of one evaluation, and the helpers below serve both.
 """
@@ -22,15 +22,16 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.errors import InputError
-from pipeline.core.files import sha256_of
+from pipeline.core.files import sha256_cached, sha256_of
 from pipeline.core.findings import FINDINGS
 from pipeline.core.text import count, plural
 from pipeline.data import label_files
-from pipeline.evaluation import conformal, metrics
+from pipeline.evaluation import conformal, metrics, provenance
 from pipeline.evaluation.bootstrap import check_bootstrap
 from pipeline.evaluation.results import (
     DEFAULT_THRESHOLD,
     LABELS_CSV,
+    METRICS_JSON,
     PREDICTIONS_CSV,
     Bootstrap,
     Evaluation,
@@ -94,7 +95,8 @@ def evaluate_files(
     n_bootstrap, seed
         Bootstrap resamples for the AUC intervals (0: none) and their seed.
     warn
-        Called with a one-line warning when some images cannot be read and are left out.
+        Called with a one-line warning when some images cannot be read and are left out, or when nothing shows
+        that ``valid_predictions`` are the checkpoint's scores (`_check_valid_scored_by`).
     subgroups, age_edges, subgroup_min
         The subgroup audit (`pipeline.evaluation.subgroups`), on wherever ages, sexes and views are known (the
         label file's own, else the shipped NIH metadata), so that "who does the model fail?" is answered for
@@ -118,6 +120,10 @@ def evaluate_files(
     conformal.check_request(miss_rate, false_alarm_rate, valid_predictions is not None or valid_labels is not None)
     inputs = _read_inputs(labels_file, images if checkpoint is not None else None, valid_predictions, valid_labels,
                           thresholds_file)
+    # hashed before loading: the weights recorded are the ones scored even if the file is rewritten meanwhile
+    checkpoint_sha256 = sha256_cached(checkpoint) if checkpoint is not None else None
+    if checkpoint is not None and valid_predictions is not None:
+        _check_valid_scored_by(Path(valid_predictions), Path(checkpoint), warn)
     if checkpoint is not None:
         scored = _predict_checkpoint(checkpoint, inputs, labels_file, images, valid_labels, warn)
     else:
@@ -142,6 +148,7 @@ def evaluate_files(
         labels_file=labels_file,
         labels_sha256=inputs.prepared.sha256 if inputs.prepared is not None else sha256_of(labels_file),
         checkpoint=checkpoint,
+        checkpoint_sha256=checkpoint_sha256,
         predictions_file=predictions_file,
         skipped=scored.skipped,
     )
@@ -317,12 +324,14 @@ def _stamp_provenance(
     labels_file: str | Path,
     labels_sha256: str,
     checkpoint: str | Path | None,
+    checkpoint_sha256: str | None,
     predictions_file: str | Path | None,
     skipped: dict[str, str],
 ) -> None:
     """Record in the summary when and from what the evaluation was made."""
     summary.created = datetime.now(UTC).isoformat(timespec="seconds")
     summary.checkpoint = str(checkpoint) if checkpoint is not None else None
+    summary.checkpoint_sha256 = checkpoint_sha256
     summary.predictions_file = str(predictions_file) if predictions_file is not None else None
     summary.labels_file = str(labels_file)
     summary.labels_sha256 = labels_sha256
@@ -528,6 +537,21 @@ def _calibration_sha256(valid_predictions: str | Path | None, valid_labels: str 
         return read_metrics(folder).labels_sha256
     except InputError:  # predictions without a readable metrics.json beside them
         return None
+
+
+def _check_valid_scored_by(valid_predictions: Path, checkpoint: Path, warn: Callable[[str], None] | None) -> None:
+    """Thresholds chosen on validation scores hold only for the weights that scored them: refuse the evaluation of
+    other weights (`provenance.match`), and say so when the evaluation cannot show whose scores they are."""
+    folder = valid_predictions if valid_predictions.is_dir() else valid_predictions.parent
+    if not (folder / METRICS_JSON).is_file():
+        return  # a predictions file of the user's own: nothing to check it against
+    matched = provenance.match(folder, checkpoint, str(valid_predictions))
+    if matched.binding is provenance.Binding.OTHER_WEIGHTS:
+        raise InputError(f"`valid_predictions` {valid_predictions}: the scores of other weights than "
+                         f"{checkpoint.name} (metrics.json records another checkpoint), so thresholds chosen on them "
+                         "would not fit it; evaluate the validation set with this checkpoint, or give `valid_labels`")
+    if matched.note is not None and warn is not None:
+        warn(f"`valid_predictions` {valid_predictions}: {matched.note}")
 
 
 def _validation_folder(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, str]:

@@ -6,7 +6,8 @@ An evaluation folder is self-describing; the dashboard, `evaluation.compare` and
 - ``labels.csv``: the labels scored against, in the course format (``Image``, the 14 findings, ``PatientId``);
 - ``metrics.json``: per finding the AUC with its bootstrap 95% interval, average precision, prevalence, the
   operating threshold and sensitivity, specificity, PPV, NPV, F1 and confusion counts there, Brier score and
-  calibration; the macro mean AUC with its interval; where the predictions, labels and thresholds came from;
+  calibration; the macro mean AUC with its interval; where the predictions, labels and thresholds came from
+  (a checkpoint with its SHA-256, which `pipeline.evaluation.provenance` matches before the thresholds are used);
 - ``roc.csv``, ``pr.csv``, ``calibration.csv``: the curves, so that plots need no recomputation;
 - with ``evaluate --plots``, ``curves.html``: the figures of `pipeline.plots` on one self-contained page;
 - where ages, sexes and views are known, the subgroup audit (`pipeline.evaluation.subgroups`): ``subgroups.json``
@@ -139,6 +140,7 @@ class Summary:
     target_sensitivity: float | None = None  # part of the threshold_source key
     created: str | None = None
     checkpoint: str | None = None
+    checkpoint_sha256: str | None = None  # the weights scored: what binds thresholds to a checkpoint (provenance)
     predictions_file: str | None = None
     labels_file: str | None = None
     labels_sha256: str | None = None
@@ -161,6 +163,7 @@ class Summary:
             provenance = {
                 "created": self.created,
                 "checkpoint": self.checkpoint,
+                **({"checkpoint_sha256": self.checkpoint_sha256} if self.checkpoint_sha256 else {}),
                 "predictions_file": self.predictions_file,
                 "labels_file": self.labels_file,
                 "labels_sha256": self.labels_sha256,
@@ -216,6 +219,7 @@ class Summary:
                 notes=[str(note) for note in content["notes"]],
                 created=content.get("created"),
                 checkpoint=content.get("checkpoint"),
+                checkpoint_sha256=content.get("checkpoint_sha256"),
                 predictions_file=content.get("predictions_file"),
                 labels_file=content.get("labels_file"),
                 labels_sha256=content.get("labels_sha256"),

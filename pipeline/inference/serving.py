@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from pipeline.core.errors import InputError, reason
-from pipeline.core.files import sha256_of, write_json_atomic
+from pipeline.core.files import sha256_cached, sha256_of, write_json_atomic
 from pipeline.data import imaging
 from pipeline.inference import ood
 
@@ -374,7 +374,7 @@ def _export_or_why(checkpoint: Path) -> tuple[Path, dict[str, Any]] | str | None
         return f"{info_path.name} is unreadable ({reason(exc)})"
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         return f"{info_path.name} does not describe an {FORMAT} export"
-    if info.get("checkpoint_sha256") != sha256_of(checkpoint):
+    if info.get("checkpoint_sha256") != sha256_cached(checkpoint):
         return f"{model_path.name} was exported from other weights than {checkpoint.name} (stale)"
     return model_path, info
 

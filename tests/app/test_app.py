@@ -26,14 +26,14 @@ TIMEOUT = 60  # seconds per script run: the first Predict run imports TensorFlow
 def build_artifacts(root: Path, net) -> Path:
     """An artifacts folder holding what `train` and `evaluate` write, for a 64 px random-init model.
 
-    ``runs/tiny``: best.keras, a stand-in config.json and history.csv, and real evaluations of its
-    predictions on nih/test.csv (thresholds chosen on nih/valid-small.csv) and on nih/valid-small.csv.
+    ``runs/tiny``: best.keras, a stand-in config.json and history.csv, and real evaluations of the checkpoint on
+    nih/test.csv (thresholds chosen on nih/valid-small.csv) and on nih/valid-small.csv.
     ``runs/noisy-labels/eval-test``: the test labels plus noise, a second scorer of the same images to compare.
-    Evaluations go through `python -m pipeline evaluate --predictions`, so they are exactly what the CLI writes.
+    Evaluations go through `python -m pipeline evaluate`, so they are exactly what the CLI writes; the tiny run's
+    are of its checkpoint (`--checkpoint`), which records its SHA-256, so that Predict may use their thresholds.
     """
     from pipeline.cli import main
     from pipeline.data import label_files
-    from pipeline.inference import predict
     from pipeline.networks import densenet
 
     run = root / "runs" / "tiny"
@@ -46,16 +46,11 @@ def build_artifacts(root: Path, net) -> Path:
                "val_mean_auc": [0.52, 0.58, 0.57], "lr": [1e-4, 1e-4, 1e-5]}
     pd.DataFrame(history).to_csv(run / "history.csv", index=False)
 
-    predictions = {}
-    for part in ("valid-small", "test"):
-        labels = label_files.load_labels(NIH / f"{part}.csv")
-        predictions[part], _ = predict.predict_table(net, labels, IMAGES)
-        predictions[part].to_csv(root / f"{part}-predictions.csv", index=False)
-    common = ["--images", str(IMAGES), "--bootstrap", "200"]
-    assert main(["evaluate", "--predictions", str(root / "valid-small-predictions.csv"), "--labels",
-                 str(NIH / "valid-small.csv"), "--out", str(run / "eval-valid"), *common]) == 0
-    assert main(["evaluate", "--predictions", str(root / "test-predictions.csv"), "--labels", str(NIH / "test.csv"),
-                 "--valid-predictions", str(run / "eval-valid"), "--out", str(run / "eval-test"), *common]) == 0
+    common = ["--bootstrap", "200"]
+    tiny = ["--checkpoint", str(run / "best.keras"), "--images", str(IMAGES), *common]
+    assert main(["evaluate", "--labels", str(NIH / "valid-small.csv"), "--out", str(run / "eval-valid"), *tiny]) == 0
+    assert main(["evaluate", "--labels", str(NIH / "test.csv"), "--valid-predictions", str(run / "eval-valid"),
+                 "--out", str(run / "eval-test"), *tiny]) == 0
 
     test = label_files.load_labels(NIH / "test.csv")
     noisy = test[["Image"]].copy()

@@ -88,18 +88,53 @@ def test_performance_guarantees_view(app):
     assert "has no conformal thresholds" in text(app) and not app.exception
 
 
-def test_guarantees_of_another_checkpoint_are_not_shown_as_this_ones(artifacts_with_guarantees, tmp_path, monkeypatch):
+def predict_one(monkeypatch, artifacts):
+    at = open_page(start_app(monkeypatch, artifacts), "predict")
+    at.file_uploader[0].set_value(("x.png", (TEST_DATA / "00000001_000.png").read_bytes(), "image/png")).run()
+    assert not at.exception
+    return at
+
+
+def test_guarantees_and_thresholds_of_other_weights_are_not_shown_as_this_ones(artifacts_with_guarantees, small_model,
+                                                                             tmp_path, monkeypatch):
+    """best.keras retrained (or another run's copied in) after the evaluation: same name, other weights."""
+    import shutil
+
+    from pipeline.networks import densenet
+
+    artifacts = shutil.copytree(artifacts_with_guarantees, tmp_path / "artifacts")
+    bias = small_model.get_layer("predictions").bias
+    original = bias.numpy().copy()
+    bias.assign(original + 0.5)
+    try:
+        densenet.save(small_model, artifacts / "runs" / "tiny" / "best.keras")
+    finally:
+        bias.assign(original)
+    at = predict_one(monkeypatch, artifacts)
+    assert not any("Answer" in d.value.columns for d in at.dataframe)
+    captions = [c.value for c in at.caption]
+    assert any(c.startswith("No conformal answers: `") and "runs/tiny/eval-test` evaluated other weights than those "
+               "now in best.keras (their SHA-256 differs), so its thresholds promise nothing for it" in c
+               for c in captions), captions
+    assert any("no operating thresholds are marked: `runs/tiny/eval-test` evaluated other weights" in c
+               for c in captions)
+    assert "A black tick marks" not in text(at)
+
+
+def test_an_evaluation_without_the_checkpoint_hash_matches_by_name_and_says_so(artifacts_with_guarantees, tmp_path,
+                                                                              monkeypatch):
+    """An evaluation folder written before the hash was recorded: the answers come with a one-line notice."""
     import json
     import shutil
 
     artifacts = shutil.copytree(artifacts_with_guarantees, tmp_path / "artifacts")
     metrics_file = artifacts / "runs" / "tiny" / "eval-test" / "metrics.json"
     content = json.loads(metrics_file.read_text())
-    content["checkpoint"] = "runs/tiny/checkpoints/epoch-002.keras"  # calibrated on another model's scores
+    del content["checkpoint_sha256"]
     metrics_file.write_text(json.dumps(content))
-    at = open_page(start_app(monkeypatch, artifacts), "predict")
-    at.file_uploader[0].set_value(("x.png", (TEST_DATA / "00000001_000.png").read_bytes(), "image/png")).run()
-    assert not at.exception
-    assert not any("Answer" in d.value.columns for d in at.dataframe)
-    assert any("evaluated another checkpoint than `best.keras`, so its thresholds promise nothing for it" in c.value
-               for c in at.caption)
+    at = predict_one(monkeypatch, artifacts)
+    assert any("Answer" in d.value.columns for d in at.dataframe)
+    notice = "runs/tiny/eval-test`, matched by file name only: re-run evaluate to bind them to this checkpoint"
+    assert any(c.value.startswith("Conformal answers, thresholds from `") and notice in c.value
+               for c in at.caption)  # the answers
+    assert any(notice in c.value and "model `" in c.value for c in at.caption)  # the operating thresholds

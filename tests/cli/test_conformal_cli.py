@@ -84,6 +84,7 @@ def test_predict_json_carries_three_answers_and_an_ood_image_none(tmp_path):
     answer = xray["conformal"]
     assert answer["calibration"] == shipped.calibration == "artifacts/runs/densenet121-128-weighted/eval-valid"
     assert answer["evaluation"].endswith("eval-test") and answer["miss_rate"] == shipped.miss_rate
+    assert answer["matched_by"] == "sha256"  # the shipped evaluations record the shipped weights' hash
     assert set(answer["answers"]) == set(FINDINGS) and set(answer["guarantees"]) == set(FINDINGS)
     assert set(answer["answers"].values()) <= {"ruled out", "uncertain", "flagged"}
     for finding, given in answer["answers"].items():
@@ -116,29 +117,107 @@ def test_predict_text_and_an_explicit_evaluation_without_guarantees(tmp_path):
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no conformal.json" in missing.stderr
 
 
-def test_evaluate_a_checkpoint_abstains_on_out_of_distribution_images_first(small_checkpoint, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def evaluated_run(small_checkpoint, tmp_path_factory):
+    """A run folder whose best.keras (the small model) `evaluate` scored into eval-test with conformal thresholds
+    (miss rate 0.3), on 12 test images, one of them replaced by a flat grey picture the guard flags."""
     import shutil
 
-    from conftest import IMAGES
+    from conftest import IMAGES, _main
 
+    root = tmp_path_factory.mktemp("evaluated-run")
+    test, valid = pd.read_csv(TEST_LABELS).head(12), pd.read_csv(VALID_LABELS).head(20)
+    (root / "images").mkdir()
+    for name in [*test["Image"], *valid["Image"]]:
+        shutil.copy(IMAGES / name, root / "images" / name)
+    flat = test["Image"].iloc[4]
+    cv2.imwrite(str(root / "images" / flat), np.full((256, 256), 120, np.uint8))
+    test.to_csv(root / "test.csv", index=False)
+    valid.to_csv(root / "valid.csv", index=False)
+    run = root / "run"
+    run.mkdir()
+    shutil.copy(small_checkpoint, run / "best.keras")
+    assert _main([str(a) for a in ["evaluate", "--checkpoint", run / "best.keras", "--labels", root / "test.csv",
+                                   "--images", root / "images", "--valid-labels", root / "valid.csv",
+                                   "--miss-rate", "0.3", "--out", run / "eval-test", "--bootstrap", "0"]]) == 0
+    return run, test, flat
+
+
+def test_evaluate_a_checkpoint_abstains_on_out_of_distribution_images_first(evaluated_run):
     from pipeline.evaluation import conformal
 
-    test, valid = pd.read_csv(TEST_LABELS).head(12), pd.read_csv(VALID_LABELS).head(20)
-    (tmp_path / "images").mkdir()
-    for name in [*test["Image"], *valid["Image"]]:
-        shutil.copy(IMAGES / name, tmp_path / "images" / name)
-    flat = test["Image"].iloc[4]
-    cv2.imwrite(str(tmp_path / "images" / flat), np.full((256, 256), 120, np.uint8))
-    test.to_csv(tmp_path / "test.csv", index=False)
-    valid.to_csv(tmp_path / "valid.csv", index=False)
-    code, _, err = run_main(capsys, "evaluate", "--checkpoint", small_checkpoint, "--labels", tmp_path / "test.csv",
-                            "--images", tmp_path / "images", "--valid-labels", tmp_path / "valid.csv",
-                            "--miss-rate", "0.3", "--out", tmp_path / "eval", "--bootstrap", "0")
-    assert code == 0, err
-    guarantees = results.read_conformal(tmp_path / "eval")
+    run, test, flat = evaluated_run
+    guarantees = results.read_conformal(run / "eval-test")
     assert guarantees.abstention == conformal.OOD_FIRST and guarantees.calibration_images == 20
-    curve = results.read_risk_coverage(tmp_path / "eval").set_index("n_kept")
-    scores = pd.read_csv(tmp_path / "eval" / "predictions.csv")
+    curve = results.read_risk_coverage(run / "eval-test").set_index("n_kept")
+    scores = pd.read_csv(run / "eval-test" / "predictions.csv")
     kept = (scores["Image"] != flat).to_numpy()
     y, p = test[list(FINDINGS)].to_numpy()[kept], scores[list(FINDINGS)].to_numpy()[kept]
     assert curve.loc[11, "set_miss"] == pytest.approx(conformal.missed_shares(y, p, guarantees.image.threshold).mean())
+
+
+def test_guarantees_and_thresholds_go_only_to_the_weights_evaluated(evaluated_run, small_model, tmp_path, capsys):
+    """A retrained or copied-in best.keras must not inherit the thresholds measured on the old weights: `evaluate`
+    records the checkpoint's SHA-256 and `predict` compares it; an older evaluation matches by name, saying so."""
+    import shutil
+
+    from pipeline.cli.prediction import _guarantees, run_thresholds
+    from pipeline.core.errors import InputError
+    from pipeline.evaluation import conformal
+    from pipeline.networks import densenet
+
+    run = shutil.copytree(evaluated_run[0], tmp_path / "run")
+    a, evaluation, image = run / "best.keras", run / "eval-test", TEST_DATA / "00000001_000.png"
+    metrics_file = evaluation / results.METRICS_JSON
+    assert results.read_metrics(evaluation).checkpoint_sha256 == sha256_of(a)
+    found = conformal.find_for_checkpoint(a)
+    assert found is not None and found.folder == evaluation and found.note is None
+    thresholds, note = run_thresholds(a)
+    assert thresholds == results.read_metrics(evaluation).thresholds
+    assert note.startswith(f"thresholds from {evaluation} (") and "file name" not in note
+    shutil.copy(a, run / "renamed.keras")  # the same weights under another name: still theirs
+    assert conformal.find_for_checkpoint(run / "renamed.keras") is not None
+
+    # An evaluation written before the hash was recorded: matched by file stem, in one line, never silently.
+    original = metrics_file.read_text()
+    old = json.loads(original)
+    del old["checkpoint_sha256"]
+    metrics_file.write_text(json.dumps(old))
+    notice = "matched by file name only: re-run evaluate to bind them to this checkpoint"
+    found = conformal.find_for_checkpoint(a)
+    assert found is not None and found.note.endswith(notice)
+    assert notice in run_thresholds(a)[1] and run_thresholds(a)[0]
+    assert conformal.find_for_checkpoint(run / "renamed.keras") is None and not run_thresholds(run / "renamed.keras")[0]
+    code, out, err = run_main(capsys, "predict", "--checkpoint", a, image)
+    assert code == 0 and "conformal answers (miss rate <= 0.3" in out and notice in out
+    assert [line for line in err.splitlines() if notice in line] == [f"warning: conformal {found.note}"]
+
+    # An evaluation from a predictions file names no checkpoint: it supplies nothing to any.
+    metrics_file.write_text(json.dumps({**old, "checkpoint": None, "predictions_file": "predictions.csv"}))
+    assert conformal.find_for_checkpoint(a) is None
+    thresholds, note = run_thresholds(a)
+    assert thresholds == {} and "predictions file" in note
+    with pytest.raises(InputError, match="predictions file"):
+        _guarantees(a, evaluation)
+
+    # Other weights written over best.keras after evaluating: the recorded SHA-256 no longer matches.
+    metrics_file.write_text(original)
+    bias = small_model.get_layer("predictions").bias  # the weights evaluated, retrained a little
+    original = bias.numpy().copy()
+    bias.assign(original + 0.5)
+    try:
+        densenet.save(small_model, a)
+    finally:
+        bias.assign(original)
+    assert conformal.find_for_checkpoint(a) is None
+    thresholds, note = run_thresholds(a)
+    assert thresholds == {} and "evaluated other weights than those now in best.keras" in note
+    with pytest.raises(InputError, match="other weights"):
+        _guarantees(a, evaluation)
+    code, out, err = run_main(capsys, "predict", "--checkpoint", a, image)
+    assert code == 0 and "conformal answers" not in out and "POSITIVE" not in out
+    assert "no operating thresholds, nothing is marked positive" in out
+    # nor are operating thresholds or conformal thresholds chosen for it on the old weights' validation scores
+    code, _, err = run_main(capsys, "evaluate", "--checkpoint", a, "--labels", TEST_LABELS, "--images", NIH / "images",
+                            "--valid-predictions", evaluation, "--out", tmp_path / "eval")
+    assert_one_line_error(code, err, "--valid-predictions", "the scores of other weights than best.keras")

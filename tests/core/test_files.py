@@ -46,6 +46,9 @@ def test_written_files_are_readable_by_others_and_folders_are_made(tmp_path):
 def test_sha256_matches_hashlib(tmp_path):
     path = files.write_bytes_atomic(b"chest" * 1000, tmp_path / "a.bin")
     assert files.sha256_of(path) == hashlib.sha256(b"chest" * 1000).hexdigest()
+    assert files.sha256_cached(path) == files.sha256_of(path)
+    files.write_bytes_atomic(b"other" * 1000, path)  # other weights under the same name, same size
+    assert files.sha256_cached(path) == hashlib.sha256(b"other" * 1000).hexdigest()
 
 
 @pytest.mark.parametrize(

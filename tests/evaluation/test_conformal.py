@@ -200,18 +200,23 @@ def test_conformal_json_round_trips(tmp_path):
 
 
 def test_a_checkpoint_finds_only_the_guarantees_of_its_own_model(tmp_path):
-    """predict with another checkpoint of the run must not borrow thresholds calibrated on best.keras's scores."""
+    """predict with another checkpoint of the run must not borrow thresholds calibrated on best.keras's scores; a
+    moved run keeps them, and so does the export of the same weights (matched by the SHA-256 in its .onnx.json)."""
     import shutil
 
     from conftest import REPO
 
-    demo = REPO / "artifacts" / "runs" / "densenet121-128-weighted" / "eval-test"
+    demo = REPO / "artifacts" / "runs" / "densenet121-128-weighted"
     run = tmp_path / "moved-run"
     (run / "eval-test").mkdir(parents=True)
     for name in (results.METRICS_JSON, results.CONFORMAL_JSON):
-        shutil.copy(demo / name, run / "eval-test" / name)
+        shutil.copy(demo / "eval-test" / name, run / "eval-test" / name)
+    for name in ("best.keras", "best.onnx.json"):  # copies: a link would lead back to the demo run's folder
+        shutil.copy(demo / name, run / name)
+    (run / "last.keras").write_bytes(b"other weights")
     found = conformal.find_for_checkpoint(run / "best.keras")
-    assert found is not None and found[0] == run / "eval-test" and found[1].miss_rate == 0.2
+    assert found is not None and found.folder == run / "eval-test" and found.guarantees.miss_rate == 0.2
+    assert found.note is None  # matched by the weights' hash, not by name
     assert conformal.find_for_checkpoint(run / "best.onnx") is not None  # the export of the same weights
     assert conformal.find_for_checkpoint(run / "last.keras") is None
     assert conformal.find_for_checkpoint(run / "checkpoints" / "epoch-003.keras") is None

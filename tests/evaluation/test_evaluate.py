@@ -41,6 +41,7 @@ def test_evaluate_writes_every_file_and_the_metrics_match_sklearn(evaluated):
     assert summary["n_images"] == 55 and summary["findings"] == list(FINDINGS)
     assert summary["labels_sha256"] == hashlib.sha256(TEST_LABELS.read_bytes()).hexdigest()
     assert summary["checkpoint"] is None and summary["labels_file"].endswith("test.csv")
+    assert "checkpoint_sha256" not in summary  # a predictions file names no weights
     assert summary["threshold_source"] == "default_0.5" and set(summary["thresholds"].values()) == {0.5}
     assert summary["bootstrap"]["n_resamples"] == 300 and summary["created"]
     for finding in FINDINGS:
@@ -264,6 +265,7 @@ def test_evaluate_a_checkpoint_on_20_images(small_checkpoint, small_model, tmp_p
     assert err.startswith("warning: labels.csv: 1 image could not be read and is left out")
     summary = strict_json(out / "metrics.json")
     assert summary["n_images"] == 20 and summary["checkpoint"] == str(small_checkpoint)
+    assert summary["checkpoint_sha256"] == hashlib.sha256(small_checkpoint.read_bytes()).hexdigest()  # the weights
     assert list(summary["skipped_images"]) == [broken]
     assert summary["threshold_source"] == "validation_youden"
     assert any("valid.csv (6 images)" in note for note in summary["notes"])

@@ -132,8 +132,9 @@ def test_predict_without_export_is_quiet_unless_verbose(small_checkpoint):
     assert by_env.returncode == 0 and by_env.stderr != ""
 
 
-def test_evaluate_counts_flagged_images(run, tmp_path):
+def test_evaluate_counts_flagged_images_and_binds_the_export_to_the_evaluation(run, tmp_path):
     from pipeline.cli import main
+    from pipeline.evaluation import provenance
 
     labels = load_labels(NIH / "test.csv").head(6)
     (tmp_path / "images").mkdir()
@@ -146,6 +147,12 @@ def test_evaluate_counts_flagged_images(run, tmp_path):
                  "--images", str(tmp_path / "images"), "--out", str(tmp_path / "eval"), "--bootstrap", "0"]) == 0
     notes = json.loads((tmp_path / "eval" / "metrics.json").read_text())["notes"]
     assert any(note.startswith("1 of 6 images flagged out of distribution") and inverted in note for note in notes)
+    # the export serves the weights evaluated, so the evaluation's thresholds hold for it; another export's do not
+    assert provenance.match(tmp_path / "eval", run / "best.onnx").binding is provenance.Binding.SAME_WEIGHTS
+    info = json.loads((run / "best.onnx.json").read_text())
+    (tmp_path / "other.onnx.json").write_text(json.dumps({**info, "checkpoint_sha256": "0" * 64}))
+    other = provenance.match(tmp_path / "eval", tmp_path / "other.onnx")
+    assert not other.ok and "evaluated other weights than those now in other.onnx" in other.note
 
 
 def test_png_and_8bit_dicom_of_the_same_pixels_predict_the_same(tmp_path):

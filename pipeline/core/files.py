@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -116,6 +117,7 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
 
 _HASHES: dict[tuple[str, int, int, int], str] = {}
 _HASHES_KEPT = 64  # a few checkpoints and exports: the dashboard asks on every rerun
+_HASHES_LOCK = threading.Lock()
 
 
 def sha256_cached(path: str | os.PathLike[str]) -> str:
@@ -123,11 +125,15 @@ def sha256_cached(path: str | os.PathLike[str]) -> str:
     is free, while a file rewritten or replaced (other weights under the same name) is hashed anew."""
     info = os.stat(path)
     key = (os.path.realpath(path), info.st_size, info.st_mtime_ns, info.st_ino)
-    if key not in _HASHES:
-        if len(_HASHES) >= _HASHES_KEPT:
-            _HASHES.pop(next(iter(_HASHES)))
-        _HASHES[key] = sha256_of(path)
-    return _HASHES[key]
+    with _HASHES_LOCK:  # the dashboard's sessions are threads
+        known = _HASHES.get(key)
+    if known is None:
+        known = sha256_of(path)
+        with _HASHES_LOCK:
+            while len(_HASHES) >= _HASHES_KEPT:
+                _HASHES.pop(next(iter(_HASHES)))
+            _HASHES[key] = known
+    return known
 
 
 def read_json_object(path: str | os.PathLike[str], fix: str) -> dict[str, Any]:

@@ -82,7 +82,7 @@ def _miss_with_interval(fig: go.Figure, curve: pd.DataFrame, min_positives: int)
     first = int(np.argmin(enough))  # the first row with too few positives
     at = curve["miss_rate"].where(dotted).iloc[max(first - 1, 0):].dropna()
     fig.add_annotation(x=x.iloc[first], y=at.iloc[0] if len(at) else 0, text=TOO_FEW, showarrow=True, arrowhead=0,
-                       ax=0, ay=-30, font={"color": POSITIVE, "size": 12}, row=1, col=1)
+                       arrowcolor=POSITIVE, ax=0, ay=-30, font={"color": POSITIVE, "size": 12}, row=1, col=1)
 
 
 def write_conformal_plot(conformal: Conformal, curve: pd.DataFrame, out_dir: str | Path) -> Path:

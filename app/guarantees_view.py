@@ -103,8 +103,9 @@ def show_guarantees(name: str, folder: Path) -> None:
         shared.chart(plots.risk_coverage_figure(curve, found))
         st.caption(
             "Risk-coverage: the model abstains on its least certain images first (left to right: fewer images "
-            "answered). Left: the share of positives ruled out (solid) and of each image's findings outside its "
-            "set (dashed) among the images kept; right: their mean AUC. Measured on "
+            "answered). Left: the share of positives ruled out (solid, with its exact binomial 95% interval "
+            f"shaded; dotted where fewer than {results.MIN_COUNT} positives remain: too few for a rate) and of each "
+            "image's findings outside its set (dashed) among the images kept; right: their mean AUC. Measured on "
             f"`{shared.display_path(found.test or '?')}`, with few images: the curve is noisy."
         )
 

@@ -335,10 +335,13 @@ def risk_coverage(
 ) -> pd.DataFrame:
     """Miss rates and mean AUC of the images kept as the model abstains on the least certain first.
 
-    Columns: ``coverage`` (share kept), ``n_kept``, ``miss_rate`` (positives scoring below their finding's
-    miss threshold, pooled over the findings that have one), ``set_miss`` (mean share of a kept image's true
-    findings left out of its image-level set, over kept images with a finding), ``mean_auc`` (over findings with
-    both classes among the kept images). Undefined values are NaN. ``uncertainty`` (higher: abstain earlier)
+    Columns: ``coverage`` (share kept), ``n_kept``, ``miss_rate`` = ``missed`` / ``positives`` (the kept
+    positives of the findings that have a miss threshold, pooled, and those of them scoring below it) with its
+    Clopper-Pearson 95% interval ``miss_low``-``miss_high`` (`realised`), ``set_miss`` (mean share of a kept
+    image's true findings left out of its image-level set, over kept images with a finding), ``mean_auc`` (over
+    findings with both classes among the kept images). ``set_miss`` and ``mean_auc`` stay points: neither has a
+    closed-form interval, and a bootstrap at every coverage would cost more than the whole curve; read them with
+    the rows' counts. Undefined values are NaN. ``uncertainty`` (higher: abstain earlier)
     defaults to `entropy_uncertainty`; an out-of-distribution flag can be added to it to abstain on those first.
     Sets of up to ``points`` images get a row per image; larger ones ``points`` evenly spaced coverages.
     """
@@ -357,13 +360,18 @@ def risk_coverage(
     for kept_n in counts:
         kept = np.sort(order[n - kept_n:])
         yk, pk = y[kept], p[kept]
-        positives = int(yk[:, has].sum())
+        miss = realised(int(missed[kept].sum()), int(yk[:, has].sum()))
+        low, high = miss.ci or (np.nan, np.nan)
         shares = missed_shares(yk, pk, image_t)
         aucs = [metrics.roc_auc(yk[:, j], pk[:, j]) for j in range(y.shape[1]) if metrics.has_both_classes(yk[:, j])]
         rows.append({
             "coverage": kept_n / n if n else 0.0,
             "n_kept": int(kept_n),
-            "miss_rate": missed[kept].sum() / positives if positives else np.nan,
+            "miss_rate": np.nan if miss.rate is None else miss.rate,
+            "positives": miss.n,
+            "missed": miss.count,
+            "miss_low": low,
+            "miss_high": high,
             "set_miss": shares.mean() if shares.size else np.nan,
             "mean_auc": float(np.mean(aucs)) if aucs else np.nan,
         })

@@ -427,6 +427,9 @@ SUBGROUPS_CSV = "subgroups.csv"
 SUBGROUP_METADATA_CSV = "subgroup_metadata.csv"
 SUBGROUP_FILES = (SUBGROUPS_JSON, SUBGROUPS_CSV, SUBGROUP_METADATA_CSV)
 SUBGROUP_MEASURES = ("auc", "sensitivity", "fpr", "underdiagnosis", "overdiagnosis")
+# The small-group rule: the fewest positives (or negatives) a number may rest on; fewer: "too few", no number
+# (the subgroup audit's default, and where the risk-coverage figure stops drawing a solid miss rate).
+MIN_COUNT = 10
 
 
 @dataclass
@@ -586,7 +589,9 @@ def read_subgroup_metadata(eval_dir: str | Path) -> pd.DataFrame | None:
 
 CONFORMAL_JSON = "conformal.json"
 RISK_COVERAGE_CSV = "risk_coverage.csv"
-RISK_COVERAGE_COLUMNS = ["coverage", "n_kept", "miss_rate", "set_miss", "mean_auc"]
+RISK_COVERAGE_COLUMNS = ["coverage", "n_kept", "miss_rate", "positives", "missed", "miss_low", "miss_high", "set_miss",
+                         "mean_auc"]
+RISK_COVERAGE_INTERVAL = ["positives", "missed", "miss_low", "miss_high"]  # absent from files written before them
 
 
 @dataclass
@@ -692,12 +697,18 @@ def read_conformal(eval_dir: str | Path) -> Conformal | None:
 
 
 def read_risk_coverage(eval_dir: str | Path) -> pd.DataFrame | None:
-    """An evaluation folder's risk-coverage curve, or None when it has none."""
+    """An evaluation folder's risk-coverage curve, or None when it has none.
+
+    A file written before the miss rate had its counts and interval reads with those columns NaN.
+    """
     path = Path(eval_dir) / RISK_COVERAGE_CSV
     if not path.is_file():
         return None
     frame = _read_csv(path)
-    missing = [c for c in RISK_COVERAGE_COLUMNS if c not in frame.columns]
+    missing = [c for c in RISK_COVERAGE_COLUMNS if c not in frame.columns and c not in RISK_COVERAGE_INTERVAL]
     if missing:
         raise InputError(f"{path}: no column {first_items(missing)}; {RERUN}")
-    return frame
+    for column in RISK_COVERAGE_INTERVAL:  # an older file: no counts and no interval, NaN (the figure draws none)
+        if column not in frame.columns:
+            frame[column] = np.nan
+    return frame[RISK_COVERAGE_COLUMNS]

@@ -35,10 +35,10 @@ from pipeline.core import paths
 from pipeline.core.errors import InputError, first_items
 from pipeline.core.findings import FINDINGS
 from pipeline.evaluation import metrics
-from pipeline.evaluation.results import Evaluation, Rate, Subgroup, SubgroupAudit, SubgroupFinding
+from pipeline.evaluation.results import MIN_COUNT, Evaluation, Rate, Subgroup, SubgroupAudit, SubgroupFinding
 
 DEFAULT_AGE_EDGES = (20, 40, 60, 80)
-DEFAULT_MIN_COUNT = 10
+DEFAULT_MIN_COUNT = MIN_COUNT
 MAX_AGE = 100  # older recorded ages are NIH data-entry errors
 SMALL_EVALUATION = 1000  # fewer images: the page and notes say the numbers illustrate, not conclude
 ATTRIBUTES = ("sex", "age", "view", "sex x age")

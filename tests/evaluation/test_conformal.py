@@ -156,6 +156,28 @@ def test_risk_coverage_end_points():
     assert half.mean_auc > full.mean_auc
 
 
+def test_risk_coverage_counts_and_exact_interval_of_the_miss_rate():
+    """One finding with a threshold (0.2: the 2nd of 9 validation positives at a miss rate of 0.2), one without."""
+    from scipy import stats
+
+    y_valid = np.array([[1, 1]] + [[1, 0]] * 8 + [[0, 0]] * 3)
+    p_valid = np.c_[np.r_[np.arange(1, 10) / 10, 0.3, 0.3, 0.3], np.full(12, 0.5)]
+    guarantees = conformal.calibrate(y_valid, p_valid, 0.2, findings=["a", "b"])
+    assert guarantees.findings["a"].miss_threshold == 0.2 and guarantees.findings["b"].miss_threshold is None
+    y = np.c_[np.ones(6), [1, 0, 1, 0, 1, 0]]  # b's positives have no threshold: never counted
+    p = np.c_[[0.05, 0.15, 0.5, 0.6, 0.7, 0.8], np.zeros(6)]
+    curve = conformal.risk_coverage(y, p, guarantees, uncertainty=np.arange(6, 0, -1)).set_index("n_kept")
+    assert curve["positives"].tolist() == [6, 5, 4, 3, 2, 1, 0]
+    assert curve["missed"].tolist() == [2, 1, 0, 0, 0, 0, 0]
+    for n, k in ((6, 2), (5, 1)):
+        row = curve.loc[n]
+        assert row.miss_rate == k / n
+        assert row.miss_low == pytest.approx(stats.beta.ppf(0.025, k, n - k + 1), abs=1e-12)
+        assert row.miss_high == pytest.approx(stats.beta.ppf(0.975, k + 1, n - k), abs=1e-12)
+    assert curve.loc[4, "miss_low"] == 0 and curve.loc[4, "miss_high"] == pytest.approx(1 - 0.025 ** (1 / 4))
+    assert np.isnan(curve.loc[0, ["miss_rate", "miss_low", "miss_high"]].astype(float)).all()
+
+
 def test_out_of_distribution_images_are_abstained_on_first():
     y, p = synthetic(80, 4, seed=9)
     guarantees = conformal.calibrate(y[:40], p[:40], 0.2, findings=["a", "b", "c", "d"])
@@ -190,6 +212,11 @@ def test_conformal_json_round_trips(tmp_path):
     results.write_conformal(guarantees, curve, tmp_path)
     assert results.read_conformal(tmp_path) == guarantees
     assert results.read_risk_coverage(tmp_path).shape == curve.shape
+    # A risk_coverage.csv written before the counts and interval still reads, those columns NaN.
+    curve.drop(columns=results.RISK_COVERAGE_INTERVAL).to_csv(tmp_path / results.RISK_COVERAGE_CSV, index=False)
+    older = results.read_risk_coverage(tmp_path)
+    assert list(older.columns) == results.RISK_COVERAGE_COLUMNS and older["miss_low"].isna().all()
+    np.testing.assert_allclose(older["miss_rate"], curve["miss_rate"])
     assert list(guarantees.findings) == list(FINDINGS)
     content = json.loads((tmp_path / results.CONFORMAL_JSON).read_text())
     del content["findings"]["Mass"]

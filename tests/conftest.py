@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,18 @@ NIH = REPO / "nih"
 IMAGES = NIH / "images"
 METADATA = NIH / "metadata" / "Data_Entry_2017_v2020.csv.gz"
 TEST_DATA = REPO / "tests" / "fixtures"
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free TCP ports on 127.0.0.1, for worker processes (held together, so none repeats)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ model when there is one, else a 64 px random-init model built here.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TEST_DATA
+from conftest import REPO, TEST_DATA, free_ports
 from test_app import artifacts  # noqa: F401 - the fixture, shared with the AppTest tests
 
 CHROMIUM = "/usr/bin/chromium"
@@ -30,15 +29,9 @@ WIDTH = 1400
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="needs Debian's chromium at /usr/bin/chromium")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_app(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
     """`streamlit run app/main.py` on a free port; returns the process and its URL once it answers."""
-    port = free_port()
+    port = free_ports(1)[0]
     command = [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
                "--server.port", str(port), "--browser.gatherUsageStats", "false"]
     with open(log, "w") as handle:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import IMAGES, REPO, SMALL_SIZE
+from conftest import IMAGES, REPO, SMALL_SIZE, free_ports
 
 from pipeline.core.errors import InputError
 from pipeline.training import distribution, precision, steps
@@ -59,16 +58,6 @@ def _finish(processes: list[subprocess.Popen]) -> None:
                 process.communicate()
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
 
 def _weights(report, prefix: str) -> list[np.ndarray]:
     count = sum(1 for key in report.files if key.startswith(f"{prefix}_"))
@@ -84,7 +73,7 @@ def _max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 def multi_worker(tmp_path_factory):
     """Reports and run folders of worker 0 (chief), worker 1 and the single-process reference."""
     root = tmp_path_factory.mktemp("multi_worker")
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
     names = ("chief", "worker1", "single")
     for name in names:
         (root / name).mkdir()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import IMAGES, NIH, REPO
+from conftest import IMAGES, NIH, REPO, free_ports
 
 from pipeline import cli
 from pipeline.core.findings import FINDINGS
@@ -89,11 +88,6 @@ def _finish(process: subprocess.Popen, log: Path) -> None:
         process.kill()
     assert process.returncode == 0, log.read_text()[-3000:]
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _numbers(history: pd.DataFrame) -> np.ndarray:
@@ -243,7 +237,7 @@ def test_two_cpu_devices_in_one_process_train_and_resume_like_one_device(runs):
 
 
 def _workers(train: Path, valid: Path, outs: list[Path], logs: list[Path], epochs: int, *extra: str):
-    port = _free_port()
+    port = free_ports(1)[0]
     processes = []
     for index, (out, log) in enumerate(zip(outs, logs, strict=True)):
         env = _env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(index))

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import IMAGES, NIH, REPO, SMALL_SIZE
+from conftest import IMAGES, NIH, REPO, SMALL_SIZE, free_ports
 
 from pipeline import cli
 from pipeline.core.errors import InputError
@@ -382,15 +381,6 @@ loop.train(sys.argv[1], sys.argv[2], None, sys.argv[3], epochs=2, strategy="mirr
 """
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
 
 def _start_workers(command: list[str], outs: list[Path], ports: list[int], logs: list[Path]) -> list[subprocess.Popen]:
     workers = [f"127.0.0.1:{port}" for port in ports]
@@ -413,7 +403,7 @@ def test_two_workers_train_resume_after_both_are_killed_and_only_the_chief_write
     chief, other = tmp_path / "chief", tmp_path / "other"
     base = _command(run["train_data"], run["valid_data"], None, epochs=2)
     logs = [tmp_path / "chief.log", tmp_path / "other.log"]
-    processes = _start_workers(base, [chief, other], _free_ports(2), logs)
+    processes = _start_workers(base, [chief, other], free_ports(2), logs)
     try:
         _wait_for(lambda: _history_rows(chief) == 1, processes[0], logs[0], START_TIMEOUT_S)
         time.sleep(0.5)
@@ -424,7 +414,7 @@ def test_two_workers_train_resume_after_both_are_killed_and_only_the_chief_write
             process.wait()
     assert json.loads((chief / run_folder.STATE).read_text())["epoch"] == 1
 
-    processes = _start_workers([*base, "--resume"], [chief, other], _free_ports(2), logs)
+    processes = _start_workers([*base, "--resume"], [chief, other], free_ports(2), logs)
     for process, log in zip(processes, logs, strict=True):
         process.wait(timeout=START_TIMEOUT_S)
         assert process.returncode == 0, log.read_text()[-3000:]

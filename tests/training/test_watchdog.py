@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import IMAGES, NIH, REPO
+from conftest import IMAGES, NIH, REPO, free_ports
 
 from pipeline.data import label_files
 from pipeline.training import run_folder, watchdog
@@ -119,19 +118,10 @@ print(json.dumps({{"busy": [line for _, line in busy], "silent_after": silent_af
 """
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
 
 def _tf_workers(commands: list[list[str]], logs: list[Path]) -> list[subprocess.Popen]:
     """Python ``commands`` as the workers of one TensorFlow cluster on 127.0.0.1, worker 0 (the chief) first."""
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(len(commands))]
+    workers = [f"127.0.0.1:{port}" for port in free_ports(len(commands))]
     processes = []
     for index, (args, log) in enumerate(zip(commands, logs, strict=True)):
         config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}

@@ -12,7 +12,6 @@ and matches none. Hashes are remembered per (path, size, modification time), so 
 from __future__ import annotations
 
 import enum
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,11 +51,8 @@ def weights_sha256(checkpoint: str | Path) -> str | None:
     (from its ``.onnx.json``); None when it cannot be read."""
     checkpoint = Path(checkpoint)
     if checkpoint.suffix == ".onnx":
-        try:
-            info = json.loads(serving.export_paths(checkpoint)[1].read_text())
-        except (OSError, ValueError):
-            return None
-        found = info.get("checkpoint_sha256") if isinstance(info, dict) else None
+        info = serving.read_export_info(serving.export_paths(checkpoint)[1])
+        found = None if isinstance(info, str) else info.get("checkpoint_sha256")
         return found if isinstance(found, str) else None
     try:
         return sha256_cached(checkpoint)

@@ -361,6 +361,17 @@ def exported(checkpoint: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]] 
     return found if isinstance(found, tuple) else None
 
 
+def read_export_info(info_path: Path) -> dict[str, Any] | str:
+    """An export's info file (``<stem>.onnx.json``), or why it cannot be used (a note)."""
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, ValueError) as exc:
+        return f"{info_path.name} is unreadable ({reason(exc)})"
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        return f"{info_path.name} does not describe an {FORMAT} export"
+    return info
+
+
 def _export_or_why(checkpoint: Path) -> tuple[Path, dict[str, Any]] | str | None:
     """The current export and its info; else why an export there is not served (a note), or None without one."""
     model_path, info_path = export_paths(checkpoint)
@@ -368,12 +379,9 @@ def _export_or_why(checkpoint: Path) -> tuple[Path, dict[str, Any]] | str | None
         return None
     if not (model_path.is_file() and info_path.is_file()):
         return f"the export is incomplete ({model_path.name} and {info_path.name} go together)"
-    try:
-        info = json.loads(info_path.read_text())
-    except (OSError, ValueError) as exc:
-        return f"{info_path.name} is unreadable ({reason(exc)})"
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        return f"{info_path.name} does not describe an {FORMAT} export"
+    info = read_export_info(info_path)
+    if isinstance(info, str):
+        return info
     if info.get("checkpoint_sha256") != sha256_cached(checkpoint):
         return f"{model_path.name} was exported from other weights than {checkpoint.name} (stale)"
     return model_path, info

@@ -59,13 +59,8 @@ TORCH_PYTHON = "/tmp/torchenv/bin/python"
 OURS, OURS_BF16, TORCH_BF16 = "step, float32", "step, mixed_bfloat16", "torch, bfloat16"
 SKIPPABLE = ("prepared", "keras-bn", "tob", "bf16", "fp16", "torch")
 
-TORCH_STEP = r"""
-import sys, time
-import torch
-size, batch = int(sys.argv[1]), int(sys.argv[2])
-pos = torch.tensor([float(v) for v in sys.argv[3].split(",")])
-neg = torch.tensor([float(v) for v in sys.argv[4].split(",")])
-channels_last, bf16 = "channels-last" in sys.argv[5:], "bf16" in sys.argv[5:]
+# PyTorch's side (also `benchmarks.profile_train_step`'s): ``net``, ``name`` and an input ``x`` for ``size``, ``batch``.
+TORCH_MODEL = r"""
 torch.manual_seed(0)
 try:  # the issue's peer: torchxrayvision's DenseNet121, one input channel
     import torchxrayvision as xrv
@@ -76,6 +71,16 @@ except ImportError:
     net, name = torchvision.models.densenet121(weights=None, num_classes=14), "torchvision DenseNet121"
     x = torch.rand(batch, 3, size, size)
 net.train()
+"""
+
+TORCH_STEP = r"""
+import sys, time
+import torch
+size, batch = int(sys.argv[1]), int(sys.argv[2])
+pos = torch.tensor([float(v) for v in sys.argv[3].split(",")])
+neg = torch.tensor([float(v) for v in sys.argv[4].split(",")])
+channels_last, bf16 = "channels-last" in sys.argv[5:], "bf16" in sys.argv[5:]
+""" + TORCH_MODEL + r"""
 if channels_last:
     net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
 optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)

@@ -32,6 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.bench_train_step import TORCH_MODEL  # noqa: E402
+
 KINDS = ("convolution forward", "convolution gradients", "batch norm", "relu", "concat", "optimizer + element-wise",
          "pooling + head", "other")
 
@@ -39,15 +41,7 @@ TORCH_PROFILE = r"""
 import json, sys, time, collections
 import torch
 size, batch, steps = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-torch.manual_seed(0)
-try:
-    import torchxrayvision as xrv
-    net, name = xrv.models.DenseNet(weights=None, num_classes=14, in_channels=1), "torchxrayvision DenseNet121"
-    x = torch.rand(batch, 1, size, size) * 2048 - 1024
-except ImportError:
-    import torchvision
-    net, name = torchvision.models.densenet121(weights=None, num_classes=14), "torchvision DenseNet121"
-    x = torch.rand(batch, 3, size, size)
+""" + TORCH_MODEL + r"""
 net = net.to(memory_format=torch.channels_last)
 x = x.contiguous(memory_format=torch.channels_last)
 y = (torch.rand(batch, 14) < 0.2).float()

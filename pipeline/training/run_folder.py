@@ -20,7 +20,7 @@ run folders resume); `RunState.after_epoch` is the one place where an epoch's re
 the learning-rate plateau rule and early stopping. The settings of a run are one `TrainSettings` (they are
 the settings part of ``config.json``). `pipeline.training.runs` finds run folders by these names.
 
-This module stays whole (about 430 lines) because it is the run folder's one owner (issue 17): file names,
+This module stays whole (about 465 lines) because it is the run folder's one owner (issue 17): file names,
 typed state and settings, the config record, resume checks, and the TensorBoard event files (written with or
 without TensorFlow, read without it) are one format, changed together.
 """

@@ -16,8 +16,8 @@ reports "connection closed by peer" at once), the survivor prints one line and e
 (`pipeline.training.watchdog.collective`); ending at once matters, because a normal exit waits in
 jax.distributed's shutdown barrier and is then aborted (exit 134, a C++ stack and no useful line). Where it
 would block instead (a machine gone from the network), the `pipeline.training.watchdog.Watchdog` of every
-process beats through `jax.distributed`'s key-value store every `HEARTBEAT_S` seconds and watches the
-others' beats; a peer (or the coordinator, process 0) silent for `SILENT_S` seconds ends the process the
+process beats through `jax.distributed`'s key-value store every `watchdog.HEARTBEAT_S` seconds and watches the
+others' beats; a peer (or the coordinator, process 0) silent for `watchdog.SILENT_S` seconds ends the process the
 same way. So survivors stop within `SILENT_S` + `HEARTBEAT_S` seconds (22 s), before the coordination
 service's own abort (`HEARTBEAT_TIMEOUT_S`).
 
@@ -42,9 +42,6 @@ from pipeline.core.errors import InputError
 from pipeline.networks import densenet as model_lib
 from pipeline.training import precision
 from pipeline.training.engine import STRATEGIES, WorkerRole, set_start
-from pipeline.training.watchdog import HEARTBEAT_S as HEARTBEAT_S  # the stated bound, here as before
-from pipeline.training.watchdog import SILENT_S as SILENT_S
-from pipeline.training.watchdog import WATCHDOG_EXIT as WATCHDOG_EXIT
 from pipeline.training.watchdog import Watchdog, collective
 
 ENV = {

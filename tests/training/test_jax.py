@@ -25,7 +25,7 @@ from pipeline import cli
 from pipeline.core.findings import FINDINGS
 from pipeline.data import label_files
 from pipeline.networks import densenet
-from pipeline.training import jax_engine, run_folder
+from pipeline.training import jax_engine, run_folder, watchdog
 
 SIZE, BATCH, EPOCHS = 32, 8, 3
 N_TRAIN, N_VALID = 16, 16
@@ -43,7 +43,7 @@ global one (BatchNormalization's statistics are all-reduced), so only the summat
 EXPORT_ATOL = 1e-4
 """ONNX Runtime (the export made by TensorFlow) against the JAX model itself, per probability."""
 
-STOP_WITHIN_S = jax_engine.SILENT_S + jax_engine.HEARTBEAT_S
+STOP_WITHIN_S = watchdog.SILENT_S + watchdog.HEARTBEAT_S
 """The stated bound: a survivor of a SIGKILLed worker exits within this many seconds, with one line."""
 
 
@@ -271,7 +271,7 @@ def test_two_processes_stop_with_one_line_when_one_is_killed_and_resume(data, tm
     lines = [line for line in logs[survivor].read_text().splitlines() if line.strip()]
     assert not any("Traceback" in line for line in lines)
     errors = [line for line in lines if line.startswith("error:")]
-    if processes[survivor].returncode == jax_engine.WATCHDOG_EXIT:
+    if processes[survivor].returncode == watchdog.WATCHDOG_EXIT:
         assert len(errors) == 1 and errors[0] == lines[-1] and "restart every worker with --resume" in errors[0]
     else:
         assert victim == 0 and processes[survivor].returncode == -signal.SIGABRT and not errors
